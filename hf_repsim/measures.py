@@ -1,0 +1,617 @@
+"""The measures of DESIGN.md section 2, computed from a :class:`~hf_repsim.stats.RepSimState` and the heads.
+
+Notation: models i and j; phi_k = [f_k; logZ_k]; l_k(y|x) = g_k(y)^T f_k(x) + b_k(y) - logZ_k(x).
+Sigma is the unbiased covariance of (phi_i, phi_j) over contexts, Gamma the unbiased covariance of
+(g_i, b_i, g_j, b_j) over labels. Every variance over inputs is a quadratic form in Sigma, every
+variance over labels a quadratic form in Gamma: with a factor Sigma = L L^T, sd_x[w^T phi] = ||L^T w||,
+which is how the label side is evaluated without ever forming the (n_contexts, n_labels) matrix.
+
+Invariances, for the paired transform f -> A f, g -> A^{-T} g + c (A invertible, c a common
+translation of every label vector) applied to either model: kl, kl_reverse, js, d_logit_sq, d_llv
+(and t1..t4), d_svd_f, d_svd_g, d_fg, m_cca_f and m_cca_g are invariant (they are functions of the
+two distributions, or of CCA, which is invariant to any invertible linear map). d_rep_sq is measured
+in the first model's coordinates: invariant to the transform applied to the second model only.
+The contrast baselines are not: CKA is invariant to orthogonal maps and isotropic scaling of f;
+the Procrustes distance to orthogonal maps, isotropic scaling and translation of f.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from hf_repsim.heads import Head
+from hf_repsim.stats import RepSimState
+
+#: The keys of :func:`compare_representations` and of :meth:`Measures.as_dict`, in order.
+MEASURE_KEYS = (
+    "kl",
+    "kl_reverse",
+    "js",
+    "d_logit_sq",
+    "d_llv",
+    "t1",
+    "t2",
+    "t3",
+    "t4",
+    "pivot_label",
+    "left_out_label",
+    "input_set",
+    "d_svd_f",
+    "d_svd_g",
+    "d_fg",
+    "m_cca_f",
+    "m_cca_g",
+    "d_rep_sq",
+    "bound",
+    "bound_holds",
+    "cka",
+    "procrustes",
+)
+
+QUANTILES = (0.5, 0.9, 0.99, 1.0)
+
+
+@dataclass
+class MeasureConfig:
+    """How the measures are searched and sampled. Defaults are the paper's settings.
+
+    Attributes:
+        lam: lambda, the weight of the scale terms t3 and t4 in d_LLV.
+        num_samples: random input diversity sets tried in the search for the input pivot and set.
+        seed: seed of every random choice (input sets, sampled label sets).
+        num_pivots: size of the candidate set of pivot labels: the labels with the highest mean predicted
+            probability (averaged over the two models and all contexts). Every label when there are fewer.
+        num_left_out: labels left out of t1 beside the pivot (the worst ones for that pivot).
+        num_label_sets: label diversity sets for d_SVD_f and (pivot, set) pairs for d_rep^2. All of them are
+            used when there are at most this many; otherwise this many are sampled with ``seed``.
+        degenerate_tol: a label whose log-ratio scale s_k(y) is at most this fraction of the median scale (for
+            the chosen pivot) is degenerate: excluded from t1, t3 and the label sets, and counted.
+        cca_rcond: eigenvalues of a covariance below this fraction of its largest are treated as zero in CCA.
+        refine: screened pivot candidates re-evaluated with the exact (difference-first) formulas.
+        pivot_label, left_out_label, input_set: fix the choices instead of searching (input_set holds context
+            ids: the pivot input first, then M inputs).
+    """
+
+    lam: float = 1e-5
+    num_samples: int = 200
+    seed: int = 0
+    num_pivots: int = 64
+    num_left_out: int = 1
+    num_label_sets: int = 32
+    degenerate_tol: float = 1e-6
+    cca_rcond: float = 1e-12
+    refine: int = 4
+    pivot_label: int | None = None
+    left_out_label: int | None = None
+    input_set: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "num_pivots", "num_label_sets", "refine"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Expected {name} >= 1, got {getattr(self, name)}.")
+        if self.num_left_out < 0:
+            raise ValueError(f"Expected num_left_out >= 0, got {self.num_left_out}.")
+        if not self.lam >= 0:
+            raise ValueError(f"Expected lam >= 0, got {self.lam}.")
+
+
+@dataclass
+class Measures:
+    """The measures of one pair of models, with how they were obtained.
+
+    Attributes:
+        values: the measures, keyed by :data:`MEASURE_KEYS` (plain floats, ints, lists, None where undefined).
+        details: provenance: candidate pivots, left-out labels, degenerate labels, label sets, quantiles of the
+            per-label and per-input terms, the input-set search, and whether the bound applies.
+    """
+
+    values: dict[str, Any]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.values)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def psd_factor(cov: torch.Tensor) -> torch.Tensor:
+    """A factor L with L L^T = cov for a symmetric positive semi-definite (D, D) matrix: (D, D)."""
+    eigval, eigvec = torch.linalg.eigh(cov)
+    return eigvec * eigval.clamp(min=0).sqrt()
+
+
+def m_svd(cov12: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
+    """m_SVD of two sets of m columns from their cross-covariance and variances.
+
+    m_SVD = (sum of singular values of corr(U_1, U_2)) / m, the mean singular value of the cross-correlation of
+    the standardised columns; d_SVD = 1 - m_SVD. Invariant to scaling and translating each column and to a
+    common permutation of the columns; not to other linear maps.
+
+    Args:
+        cov12: (..., m, m) covariance between the columns of U_1 and U_2.
+        var1: (..., m) variances of the columns of U_1.
+        var2: (..., m) variances of the columns of U_2.
+
+    Returns:
+        (...,) values in [0, 1].
+    """
+    corr = cov12 / (var1.sqrt()[..., :, None] * var2.sqrt()[..., None, :])
+    return torch.linalg.svdvals(corr).sum(-1) / corr.shape[-1]
+
+
+def mean_canonical_correlation(cov11: torch.Tensor, cov22: torch.Tensor, cov12: torch.Tensor, rcond: float) -> float:
+    """Mean canonical correlation of two vectors from their covariances (closed form, no iteration).
+
+    The canonical correlations are the singular values of W_1 cov12 W_2^T with W_k a whitening map of cov_kk.
+    Their mean over min(M_1, M_2) components is invariant to any invertible linear map and translation of either
+    vector. Directions with variance below ``rcond`` times the largest are dropped and count as zero correlation.
+
+    Args:
+        cov11: (M_1, M_1), cov22: (M_2, M_2), cov12: (M_1, M_2) covariances.
+        rcond: relative eigenvalue floor.
+
+    Returns:
+        The mean canonical correlation in [0, 1].
+    """
+
+    def whitener(cov: torch.Tensor) -> torch.Tensor:
+        eigval, eigvec = torch.linalg.eigh(cov)
+        keep = eigval > rcond * eigval.max().clamp(min=torch.finfo(cov.dtype).tiny)
+        return (eigvec[:, keep] / eigval[keep].sqrt()).T  # (rank, M)
+
+    corr = whitener(cov11) @ cov12 @ whitener(cov22).T
+    if corr.numel() == 0:
+        return 0.0
+    return float(torch.linalg.svdvals(corr).clamp(0, 1).sum() / min(cov11.shape[0], cov22.shape[0]))
+
+
+def debiased_linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA with the unbiased HSIC estimator (Song et al. 2012), from features.
+
+    Invariant to orthogonal maps and isotropic scaling of either input, and to translation; NOT to general
+    invertible maps, which is why it is a contrast to the identifiability-aware measures.
+
+    Args:
+        x: (n_contexts, M_1) and y: (n_contexts, M_2) features of the same contexts, n_contexts >= 4.
+
+    Returns:
+        The debiased CKA, about in [0, 1] (the estimator can dip slightly below 0).
+    """
+    n = x.shape[0]
+    if n < 4:
+        raise ValueError(f"Expected at least 4 contexts for the debiased CKA, got {n}.")
+    x, y = x - x.mean(0), y - y.mean(0)
+
+    def hsic(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        diag_a, diag_b = a.square().sum(1), b.square().sum(1)  # (n,) the Gram diagonals
+        trace = (a.T @ b).square().sum() - (diag_a * diag_b).sum()
+        sum_a, sum_b = a.sum(0), b.sum(0)
+        total_a, total_b = sum_a @ sum_a - diag_a.sum(), sum_b @ sum_b - diag_b.sum()
+        row_a, row_b = a @ sum_a - diag_a, b @ sum_b - diag_b  # (n,) row sums of the off-diagonal Grams
+        return (trace + total_a * total_b / ((n - 1) * (n - 2)) - 2 * (row_a @ row_b) / (n - 2)) / (n * (n - 3))
+
+    denominator = (hsic(x, x) * hsic(y, y)).sqrt()
+    return float(hsic(x, y) / denominator) if denominator > 0 else 0.0
+
+
+def procrustes_distance(cov11: torch.Tensor, cov22: torch.Tensor, cov12: torch.Tensor) -> float:
+    """Orthogonal Procrustes distance of two centred, unit-Frobenius-norm representations, from covariances.
+
+    d = 2 - 2 ||X^T Y||_* with X, Y centred and scaled to unit Frobenius norm, i.e. the smallest
+    ||X - Y Q||_F^2 over orthogonal Q. Invariant to orthogonal maps, isotropic scaling and translation; NOT to
+    general invertible maps.
+
+    Args:
+        cov11: (M_1, M_1), cov22: (M_2, M_2), cov12: (M_1, M_2) covariances.
+
+    Returns:
+        The distance in [0, 2].
+    """
+    scale = (torch.trace(cov11) * torch.trace(cov22)).sqrt()
+    if scale <= 0:
+        return 0.0
+    return float(2 - 2 * torch.linalg.svdvals(cov12).sum() / scale)
+
+
+def _quantiles(values: torch.Tensor) -> dict[str, float]:
+    if values.numel() == 0:
+        return {}
+    q = torch.quantile(values.double(), torch.tensor(QUANTILES, dtype=torch.float64))
+    return {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2]), "max": float(q[3])}
+
+
+def _subsets(pool: Sequence[int], size: int, limit: int, rng: np.random.Generator) -> list[list[int]]:
+    """Every size-subset of pool when there are at most ``limit``, else ``limit`` sorted random ones."""
+    if math.comb(len(pool), size) <= limit:
+        return [list(s) for s in itertools.combinations(pool, size)]
+    pool = np.asarray(pool)
+    return [sorted(rng.choice(pool, size, replace=False).tolist()) for _ in range(limit)]
+
+
+# ---------------------------------------------------------------------------------------------- the pair
+class _Pair:
+    """Everything shared by the measures of models i and j: covariances, factors and heads in float64."""
+
+    def __init__(self, state: RepSimState, heads: Sequence[Head], i: int, j: int):
+        self.state, self.i, self.j = state, i, j
+        self.m_i, self.m_j = state.hidden_sizes[i], state.hidden_sizes[j]
+        self.m = min(self.m_i, self.m_j)
+        f_i, z_i = state.block(i)
+        f_j, z_j = state.block(j)
+        self.index = torch.tensor([*range(f_i.start, f_i.stop), z_i, *range(f_j.start, f_j.stop), z_j])
+        cov = state.covariance()[self.index][:, self.index]  # (D, D), D = M_i + M_j + 2
+        self.cov = cov
+        self.fi, self.fj = slice(0, self.m_i), slice(self.m_i + 1, self.m_i + 1 + self.m_j)
+        self.mean = state.mean[self.index]
+
+        # Label side: l_k(y|x) = gt_k(y)^T phi_k(x) + const with gt = [g; -1]; E_k = gt_k L_k, sd_x = norms.
+        factor = psd_factor(cov)
+        self.g_i, self.b_i = _head64(heads[i], self.m_i, state.num_labels)
+        self.g_j, self.b_j = _head64(heads[j], self.m_j, state.num_labels)
+        minus_one = -torch.ones(state.num_labels, 1, dtype=torch.float64)
+        self.e_i = torch.cat([self.g_i, minus_one], 1) @ factor[: self.m_i + 1]  # (V, D)
+        self.e_j = torch.cat([self.g_j, minus_one], 1) @ factor[self.m_i + 1 :]  # (V, D)
+
+        # Input side: Var_y of l_k(y|x) is a quadratic form in Gamma, the label covariance of (g_i, b_i, g_j, b_j).
+        labels = torch.cat([self.g_i, self.b_i[:, None], self.g_j, self.b_j[:, None]], 1)  # (V, D)
+        centred = labels - labels.mean(0)
+        self.gamma = centred.T @ centred / (state.num_labels - 1)
+        gamma_factor = psd_factor(self.gamma)
+        phi = state.reservoir_phi[:, self.index]
+        one = torch.ones(phi.shape[0], 1, dtype=torch.float64)
+        self.h_i = torch.cat([phi[:, self.fi], one], 1) @ gamma_factor[: self.m_i + 1]  # (R, D)
+        self.h_j = torch.cat([phi[:, self.fj], one], 1) @ gamma_factor[self.m_i + 1 :]  # (R, D)
+        self.reservoir_f_i, self.reservoir_f_j = phi[:, self.fi], phi[:, self.fj]
+
+
+def _head64(head: Head, hidden: int, num_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if tuple(head.weight.shape) != (num_labels, hidden):
+        raise ValueError(
+            f"Expected an unembedding of shape (n_labels={num_labels}, hidden={hidden}) to match the statistics, "
+            f"got {tuple(head.weight.shape)}."
+        )
+    weight = head.weight.detach().to(device="cpu", dtype=torch.float64)
+    bias = torch.zeros(num_labels, dtype=torch.float64) if head.bias is None else head.bias.detach().cpu().double()
+    if not (bool(torch.isfinite(weight).all()) and bool(torch.isfinite(bias).all())):
+        raise ValueError("Expected finite unembedding weights and biases, got NaN or infinite values.")
+    return weight, bias
+
+
+# ---------------------------------------------------------------------------------------------- label side
+def _label_terms(pair: _Pair, pivot: int, exact: bool) -> tuple[torch.Tensor, ...]:
+    """s_1, s_2, R, P for every label, for one pivot label: four (V,) tensors (undefined at the pivot itself).
+
+    exact=False uses expanded quadratic forms (one dot product per label, for screening many pivots);
+    exact=True forms the differences first, which keeps full relative precision when the models are close.
+    """
+    e_i, e_j = pair.e_i, pair.e_j
+    if exact:
+        s_i = (e_i - e_i[pivot]).norm(dim=1)
+        s_j = (e_j - e_j[pivot]).norm(dim=1)
+        r = (e_i / s_i[:, None] - e_j / s_j[:, None]).norm(dim=1)
+        p = (e_i[pivot] / s_i[:, None] - e_j[pivot] / s_j[:, None]).norm(dim=1)
+        return s_i, s_j, r, p
+    a_i, a_j, c = e_i.square().sum(1), e_j.square().sum(1), (e_i * e_j).sum(1)  # (V,)
+    s_i = (a_i + a_i[pivot] - 2 * e_i @ e_i[pivot]).clamp(min=0).sqrt()
+    s_j = (a_j + a_j[pivot] - 2 * e_j @ e_j[pivot]).clamp(min=0).sqrt()
+    r = (a_i / s_i**2 + a_j / s_j**2 - 2 * c / (s_i * s_j)).clamp(min=0).sqrt()
+    p = (a_i[pivot] / s_i**2 + a_j[pivot] / s_j**2 - 2 * c[pivot] / (s_i * s_j)).clamp(min=0).sqrt()
+    return s_i, s_j, r, p
+
+
+@dataclass
+class _LabelChoice:
+    pivot: int
+    left_out: list[int]
+    t1: float
+    t3: float
+    eligible: list[int]  # labels other than the pivot and the left-out ones, not degenerate
+    degenerate: list[int]
+    terms: torch.Tensor  # (len(eligible),) max(R, P)
+    scales: torch.Tensor  # (len(eligible),) S
+
+
+def _choose_labels(pair: _Pair, pivot: int, config: MeasureConfig, exact: bool) -> _LabelChoice:
+    s_i, s_j, r, p = _label_terms(pair, pivot, exact)
+    labels = torch.arange(pair.state.num_labels)
+    others = labels != pivot
+    floor_i = config.degenerate_tol * s_i[others].median()
+    floor_j = config.degenerate_tol * s_j[others].median()
+    degenerate = others & ((s_i <= floor_i) | (s_j <= floor_j))
+    usable = others & ~degenerate
+    terms = torch.maximum(r, p)
+    if config.left_out_label is not None:
+        left_out = [config.left_out_label] if config.left_out_label != pivot else []
+    else:
+        candidates = labels[usable]
+        worst = torch.argsort(terms[usable], descending=True, stable=True)[: config.num_left_out]
+        left_out = candidates[worst].tolist()
+    keep = usable.clone()
+    keep[left_out] = False
+    if not bool(keep.any()):
+        raise ValueError(
+            f"Expected at least one usable label besides the pivot {pivot} and the left-out labels {left_out}, "
+            f"got none ({int(degenerate.sum())} degenerate of {pair.state.num_labels})."
+        )
+    return _LabelChoice(
+        pivot=pivot,
+        left_out=left_out,
+        t1=float(terms[keep].max()),
+        t3=float((s_i - s_j).abs()[keep].max()),
+        eligible=labels[keep].tolist(),
+        degenerate=labels[degenerate].tolist(),
+        terms=terms[keep],
+        scales=(s_i - s_j).abs()[keep],
+    )
+
+
+def _candidate_pivots(pair: _Pair, config: MeasureConfig) -> list[int]:
+    if config.pivot_label is not None:
+        return [config.pivot_label]
+    probs = pair.state.prob_sum[[pair.i, pair.j]].sum(0)  # (V,) summed predicted probability of each label
+    if config.num_pivots >= pair.state.num_labels:
+        return list(range(pair.state.num_labels))
+    return torch.argsort(probs, descending=True, stable=True)[: config.num_pivots].sort().values.tolist()
+
+
+def _search_labels(pair: _Pair, config: MeasureConfig) -> tuple[_LabelChoice, int]:
+    """The pivot and left-out labels minimising t1: screen every candidate, then refine the best exactly."""
+    candidates = _candidate_pivots(pair, config)
+    if len(candidates) > config.refine:
+        screened = [_choose_labels(pair, y0, config, exact=False).t1 for y0 in candidates]
+        order = np.argsort(screened, kind="stable")[: config.refine]
+        candidates = sorted(candidates[k] for k in order)
+    choices = [_choose_labels(pair, y0, config, exact=True) for y0 in candidates]
+    best = min(range(len(choices)), key=lambda k: (choices[k].t1, choices[k].pivot))
+    return choices[best], len(_candidate_pivots(pair, config))
+
+
+# ---------------------------------------------------------------------------------------------- input side
+def _input_terms(pair: _Pair, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For reservoir rows (pivot first, then m inputs): max(R', P') and S' per input, two (m,) tensors."""
+    h_i, h_j = pair.h_i[rows], pair.h_j[rows]  # (m + 1, D)
+    sigma_i = (h_i[1:] - h_i[0]).norm(dim=1)
+    sigma_j = (h_j[1:] - h_j[0]).norm(dim=1)
+    r = (h_i[1:] / sigma_i[:, None] - h_j[1:] / sigma_j[:, None]).norm(dim=1)
+    p = (h_i[0] / sigma_i[:, None] - h_j[0] / sigma_j[:, None]).norm(dim=1)
+    return torch.maximum(r, p), (sigma_i - sigma_j).abs()
+
+
+def _search_inputs(pair: _Pair, config: MeasureConfig) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The input pivot and set: given, or the best of ``num_samples`` seeded random tuples of m + 1 inputs.
+
+    Tuples are consecutive blocks of a seeded permutation of the reservoir, so they are disjoint until the
+    reservoir is used up; then a new permutation starts. The tuple with the smallest max(R', P') is kept when
+    that is below 1, else the first tuple.
+    """
+    ids = pair.state.reservoir_ids
+    size = pair.m + 1
+    if config.input_set is not None:
+        wanted = torch.as_tensor(config.input_set, dtype=torch.int64)
+        if wanted.numel() != size or wanted.unique().numel() != size:
+            raise ValueError(
+                f"Expected input_set to hold {size} distinct context ids (the pivot input, then M={pair.m}), "
+                f"got {config.input_set}."
+            )
+        rows = torch.searchsorted(ids, wanted)
+        missing = [int(c) for c, r in zip(wanted, rows) if r >= ids.numel() or ids[r] != c]
+        if missing:
+            raise ValueError(
+                f"Expected input_set ids among the {ids.numel()} contexts kept in the reservoir, got {missing} "
+                f"which are not kept; raise reservoir_size (now {pair.state.reservoir_size}) to keep every context."
+            )
+        return rows, {"searched": False}
+    if ids.numel() < size:
+        raise ValueError(
+            f"Expected at least M + 1 = {size} contexts for the input side, got {ids.numel()}; feed more contexts."
+        )
+    rng = np.random.default_rng(config.seed)
+    per_permutation = ids.numel() // size
+    tuples, perm = [], None
+    for k in range(config.num_samples):
+        if k % per_permutation == 0:
+            perm = rng.permutation(ids.numel())
+        start = (k % per_permutation) * size
+        tuples.append(perm[start : start + size])
+    scores = [float(_input_terms(pair, torch.from_numpy(t))[0].max()) for t in tuples]
+    best = int(np.argmin(scores))
+    chosen = best if scores[best] < 1 else 0
+    return torch.from_numpy(tuples[chosen]), {"searched": True, "tuples": len(tuples), "chosen_tuple": chosen}
+
+
+# ---------------------------------------------------------------------------------------------- representations
+def _d_svd_f(pair: _Pair, pivot: int, label_sets: list[list[int]]) -> torch.Tensor:
+    """d_SVD on the embedding side for each label set: (n_sets,)."""
+    sets = torch.tensor(label_sets)  # (n_sets, m)
+    l_i = pair.g_i[sets] - pair.g_i[pivot]  # (n_sets, m, M_i)
+    l_j = pair.g_j[sets] - pair.g_j[pivot]  # (n_sets, m, M_j)
+    cov = pair.cov
+    cov12 = l_i @ cov[pair.fi, pair.fj] @ l_j.transpose(1, 2)
+    var1 = ((l_i @ cov[pair.fi, pair.fi]) * l_i).sum(-1)
+    var2 = ((l_j @ cov[pair.fj, pair.fj]) * l_j).sum(-1)
+    return 1 - m_svd(cov12, var1, var2)
+
+
+def _d_svd_g(pair: _Pair, rows: torch.Tensor) -> float:
+    """d_SVD on the unembedding side for the input set (reservoir rows, pivot first)."""
+    n_i = pair.reservoir_f_i[rows[1:]] - pair.reservoir_f_i[rows[0]]  # (m, M_i)
+    n_j = pair.reservoir_f_j[rows[1:]] - pair.reservoir_f_j[rows[0]]  # (m, M_j)
+    gi, gj = slice(0, pair.m_i), slice(pair.m_i + 1, pair.m_i + 1 + pair.m_j)
+    cov12 = n_i @ pair.gamma[gi, gj] @ n_j.T
+    var1 = ((n_i @ pair.gamma[gi, gi]) * n_i).sum(-1)
+    var2 = ((n_j @ pair.gamma[gj, gj]) * n_j).sum(-1)
+    return float(1 - m_svd(cov12, var1, var2))
+
+
+def _d_rep_sq(pair: _Pair, pivot_sets: list[tuple[int, list[int]]]) -> float:
+    """Mean over (pivot, label set) of (1/N) sum_n ||f_i(x_n) - A_L f_j(x_n)||^2 with A_L = L_i^{-1} L_j."""
+    n = pair.state.count
+    mean_i, mean_j = pair.mean[pair.fi], pair.mean[pair.fj]
+    second = pair.cov * ((n - 1) / n)  # raw second moments E[f f^T] = Cov (n-1)/n + mu mu^T
+    s_ii = second[pair.fi, pair.fi] + torch.outer(mean_i, mean_i)
+    s_jj = second[pair.fj, pair.fj] + torch.outer(mean_j, mean_j)
+    s_ij = second[pair.fi, pair.fj] + torch.outer(mean_i, mean_j)
+    values = []
+    for pivot, labels in pivot_sets:
+        l_i = pair.g_i[labels] - pair.g_i[pivot]
+        l_j = pair.g_j[labels] - pair.g_j[pivot]
+        align = torch.linalg.solve(l_i, l_j)  # (M, M)
+        values.append(torch.trace(s_ii) - 2 * torch.trace(align @ s_ij.T) + torch.trace(align @ s_jj @ align.T))
+    return float(torch.stack(values).mean())
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+def compute_measures(
+    state: RepSimState, heads: Sequence[Head], pair: tuple[int, int] = (0, 1), config: MeasureConfig | None = None
+) -> Measures:
+    """Every measure of DESIGN.md section 2 for one pair of models, from the statistics and the unembeddings.
+
+    Args:
+        state: statistics of at least two models on common contexts.
+        heads: the unembedding of every model in the state, in the same order.
+        pair: (i, j), the two models to compare; model i is the "first" model (d_rep_sq is in its coordinates).
+        config: search and sampling settings (defaults: the paper's).
+
+    Returns:
+        :class:`Measures`: ``values`` keyed by :data:`MEASURE_KEYS`, ``details`` with the provenance.
+
+    Raises:
+        ValueError: too few contexts or labels, a pivot out of range, shapes that do not match the state.
+    """
+    config = config or MeasureConfig()
+    i, j = pair
+    _check_request(state, heads, i, j, config)
+    p = _Pair(state, heads, i, j)
+
+    # Distributions: means of per-context scalars.
+    scalars = state.pair_means(i, j)
+
+    # Label side of d_LLV: pivot and left-out labels.
+    choice, num_candidates = _search_labels(p, config)
+
+    # Input side of d_LLV: pivot input and input set.
+    rows, search = _search_inputs(p, config)
+    input_terms, input_scales = _input_terms(p, rows)
+    t2, t4 = float(input_terms.max()), float(input_scales.max())
+    d_llv = max(choice.t1, t2, config.lam * choice.t3, config.lam * t4)
+
+    # Representations: label sets for d_SVD_f, (pivot, set) pairs for d_rep.
+    rng = np.random.default_rng(config.seed)
+    if len(choice.eligible) < p.m:
+        raise ValueError(
+            f"Expected at least M = {p.m} usable labels besides the pivot and the left-out labels, got "
+            f"{len(choice.eligible)}; the label diversity condition cannot hold."
+        )
+    label_sets = _subsets(choice.eligible, p.m, config.num_label_sets, rng)
+    d_svd_f_all = _d_svd_f(p, choice.pivot, label_sets)
+    d_svd_f, d_svd_g = float(d_svd_f_all.max()), _d_svd_g(p, rows)
+    d_fg = max(d_svd_f, d_svd_g)
+    d_rep_sq = None
+    if p.m_i == p.m_j:
+        d_rep_sq = _d_rep_sq(p, _pivot_sets(state.num_labels, p.m, config.num_label_sets, rng))
+
+    cov = p.cov
+    same_width = p.m_i == p.m_j
+    bound = 2 * p.m * d_llv if same_width else None
+    values = {
+        "kl": scalars.kl,
+        "kl_reverse": scalars.kl_reverse,
+        "js": scalars.js,
+        "d_logit_sq": scalars.d_logit_sq,
+        "d_llv": d_llv,
+        "t1": choice.t1,
+        "t2": t2,
+        "t3": choice.t3,
+        "t4": t4,
+        "pivot_label": choice.pivot,
+        "left_out_label": choice.left_out[0] if choice.left_out else None,
+        "input_set": state.reservoir_ids[rows].tolist(),
+        "d_svd_f": d_svd_f,
+        "d_svd_g": d_svd_g,
+        "d_fg": d_fg,
+        "m_cca_f": mean_canonical_correlation(cov[p.fi, p.fi], cov[p.fj, p.fj], cov[p.fi, p.fj], config.cca_rcond),
+        "m_cca_g": _m_cca_g(p, config.cca_rcond),
+        "d_rep_sq": d_rep_sq,
+        "bound": bound,
+        "bound_holds": (d_fg <= bound) if same_width else None,
+        "cka": debiased_linear_cka(p.reservoir_f_i, p.reservoir_f_j),
+        "procrustes": procrustes_distance(cov[p.fi, p.fi], cov[p.fj, p.fj], cov[p.fi, p.fj]),
+    }
+    details = {
+        "models": [i, j],
+        "hidden_sizes": [p.m_i, p.m_j],
+        "num_contexts": state.count,
+        "num_labels": state.num_labels,
+        "bound_applies": same_width,
+        "bound_note": None if same_width else "hidden sizes differ: d_fg <= 2 M d_llv does not apply",
+        "pivot_candidates": num_candidates,
+        "left_out_labels": choice.left_out,
+        "degenerate_labels": len(choice.degenerate),
+        "degenerate_label_ids": choice.degenerate[:100],
+        "label_sets": {"count": len(label_sets), "size": p.m, "seed": config.seed},
+        "d_svd_f_quantiles": _quantiles(d_svd_f_all),
+        "label_term_quantiles": _quantiles(choice.terms),
+        "label_scale_quantiles": _quantiles(choice.scales),
+        "worst_labels": [choice.eligible[k] for k in torch.argsort(choice.terms, descending=True)[:10].tolist()],
+        "input_term_quantiles": _quantiles(input_terms),
+        "input_search": search,
+        "reservoir_contexts": int(state.reservoir_ids.numel()),
+        "config": asdict(config),
+    }
+    return Measures(values=values, details=details)
+
+
+def _m_cca_g(pair: _Pair, rcond: float) -> float:
+    gi, gj = slice(0, pair.m_i), slice(pair.m_i + 1, pair.m_i + 1 + pair.m_j)
+    gamma = pair.gamma
+    return mean_canonical_correlation(gamma[gi, gi], gamma[gj, gj], gamma[gi, gj], rcond)
+
+
+def _pivot_sets(num_labels: int, m: int, limit: int, rng: np.random.Generator) -> list[tuple[int, list[int]]]:
+    """(pivot, label set) pairs for d_rep: all of them when there are at most ``limit``, else ``limit`` sampled."""
+    if num_labels * math.comb(num_labels - 1, m) <= limit:
+        return [
+            (y0, list(s)) for y0 in range(num_labels) for s in itertools.combinations(
+                [y for y in range(num_labels) if y != y0], m
+            )
+        ]
+    pairs = []
+    for _ in range(limit):
+        chosen = rng.choice(num_labels, m + 1, replace=False)
+        pairs.append((int(chosen[0]), sorted(chosen[1:].tolist())))
+    return pairs
+
+
+def _check_request(state: RepSimState, heads: Sequence[Head], i: int, j: int, config: MeasureConfig) -> None:
+    k = state.num_models
+    if len(heads) != k:
+        raise ValueError(f"Expected one head per model in the state ({k}), got {len(heads)}.")
+    if i == j or not (0 <= i < k and 0 <= j < k):
+        raise ValueError(f"Expected two different model indices in [0, {k}), got ({i}, {j}).")
+    m = min(state.hidden_sizes[i], state.hidden_sizes[j])
+    if state.count < m + 1:
+        raise ValueError(
+            f"Expected at least M + 1 = {m + 1} contexts (the input diversity condition needs them), got "
+            f"{state.count}; feed more contexts."
+        )
+    needed = m + 1 + (config.num_left_out if config.left_out_label is None else 1)
+    if state.num_labels < needed:
+        raise ValueError(
+            f"Expected at least {needed} labels (a pivot, M = {m} others and the left-out labels), got "
+            f"{state.num_labels}."
+        )
+    for name in ("pivot_label", "left_out_label"):
+        label = getattr(config, name)
+        if label is not None and not 0 <= label < state.num_labels:
+            raise ValueError(f"Expected {name} in [0, {state.num_labels}), got {label}.")
+    if config.pivot_label is not None and config.pivot_label == config.left_out_label:
+        raise ValueError(f"Expected different pivot and left-out labels, got {config.pivot_label} for both.")

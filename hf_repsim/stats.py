@@ -1,0 +1,311 @@
+"""Sufficient statistics of k models evaluated on the same contexts.
+
+Every measure of hf_repsim is a function of low-order moments (DESIGN.md section 3). One pass over the
+data keeps, in float64:
+
+- the mean and the centred co-moment matrix of phi(x) = [f_1(x); logZ_1(x); ...; f_k(x); logZ_k(x)],
+  the vectors of all k models side by side, so that every pair's cross-moments are there;
+- per-pair sums of per-context scalars: KL in both directions, Jensen-Shannon and the squared
+  distance of centred logits;
+- per-model sums of the predicted probabilities of every label (they pick candidate pivot labels);
+- a uniform reservoir of contexts (their phi vectors), chosen by a hashed priority of each
+  context's id, for the measures that need individual inputs.
+
+Memory is O(D^2 + k V + R D) with D = sum_k (M_k + 1), V labels and R reservoir rows: independent
+of the number of contexts. Two states merge by addition (a centred, Chan-style update of the
+co-moments), and the reservoir is a bottom-R sample by priority, so the merged state does not
+depend on how the contexts were split into batches or processes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+#: Number of (row x label) elements processed at once in the per-context scalars; bounds temporaries.
+_CHUNK_ELEMENTS = 1 << 22
+
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def context_priority(context_ids: torch.Tensor, seed: int) -> torch.Tensor:
+    """A uniform pseudo-random priority in [0, 1) per context id, the same in every process.
+
+    splitmix64 of (seed, id): a pure function of its inputs, so the reservoir holds the same contexts
+    whatever the batching, the order or the number of processes.
+
+    Args:
+        context_ids: (batch,) integer ids of the contexts.
+        seed: the reservoir's seed.
+
+    Returns:
+        (batch,) float64 priorities.
+    """
+    with np.errstate(over="ignore"):
+        z = context_ids.cpu().numpy().astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
+        z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
+        z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
+        z = z ^ (z >> np.uint64(31))
+    return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) / float(1 << 53))
+
+
+@dataclass
+class PairScalars:
+    """Means over contexts of the per-context distances between models i and j."""
+
+    kl: float
+    kl_reverse: float
+    js: float
+    d_logit_sq: float
+
+
+def pair_scalars(logprobs_i: torch.Tensor, logprobs_j: torch.Tensor) -> torch.Tensor:
+    """Per-context KL(p_i || p_j), KL(p_j || p_i), JS and squared centred-logit distance.
+
+    Args:
+        logprobs_i: (batch, n_labels) log-probabilities of model i, float64.
+        logprobs_j: (batch, n_labels) log-probabilities of model j, float64.
+
+    Returns:
+        (batch, 4) float64: the four distances per context.
+    """
+    p_i, p_j = logprobs_i.exp(), logprobs_j.exp()
+    diff = logprobs_i - logprobs_j  # (batch, n_labels); equals the difference of the raw logits up to a constant
+    kl = (p_i * diff).sum(-1)
+    kl_reverse = -(p_j * diff).sum(-1)
+    log_mix = torch.logaddexp(logprobs_i, logprobs_j) - np.log(2.0)
+    js = 0.5 * (p_i * (logprobs_i - log_mix)).sum(-1) + 0.5 * (p_j * (logprobs_j - log_mix)).sum(-1)
+    logit_sq = (diff - diff.mean(-1, keepdim=True)).square().sum(-1)
+    return torch.stack([kl, kl_reverse, js, logit_sq], dim=-1)
+
+
+class RepSimState:
+    """Mergeable float64 statistics of k models of the family on a common stream of contexts.
+
+    Args:
+        hidden_sizes: M_k, the width of f for each of the k models.
+        num_labels: V, the number of labels (vocabulary rows in use), the same for every model.
+        reservoir_size: R, how many contexts to keep for the input side of the measures. With at least
+            as many slots as contexts, every context is kept and the measures are exact.
+        seed: seed of the reservoir's priorities.
+
+    Example:
+        >>> import torch
+        >>> state = RepSimState([3, 3], num_labels=5)
+        >>> f = torch.randn(10, 3, dtype=torch.float64); g = torch.randn(5, 3, dtype=torch.float64)
+        >>> state.update([f, 2 * f], [f @ g.T, f @ g.T])
+        >>> state.count
+        10
+    """
+
+    def __init__(self, hidden_sizes: Sequence[int], num_labels: int, reservoir_size: int = 4096, seed: int = 0):
+        if len(hidden_sizes) < 2 or any(int(m) < 1 for m in hidden_sizes):
+            raise ValueError(f"Expected at least two positive hidden sizes, got {list(hidden_sizes)}.")
+        if num_labels < 2 or reservoir_size < 1:
+            raise ValueError(
+                f"Expected num_labels >= 2 and reservoir_size >= 1, got {num_labels} and {reservoir_size}."
+            )
+        self.hidden_sizes = [int(m) for m in hidden_sizes]
+        self.num_labels = int(num_labels)
+        self.reservoir_size = int(reservoir_size)
+        self.seed = int(seed)
+        self.offsets = np.cumsum([0] + [m + 1 for m in self.hidden_sizes]).tolist()
+        dim = self.offsets[-1]
+        k = len(self.hidden_sizes)
+        self.count = 0
+        self.mean = torch.zeros(dim, dtype=torch.float64)
+        self.comoment = torch.zeros(dim, dim, dtype=torch.float64)
+        self.prob_sum = torch.zeros(k, self.num_labels, dtype=torch.float64)
+        self.pairs = list(itertools.combinations(range(k), 2))
+        self.pair_sums = torch.zeros(len(self.pairs), 4, dtype=torch.float64)
+        self.reservoir_ids = torch.zeros(0, dtype=torch.int64)
+        self.reservoir_priority = torch.zeros(0, dtype=torch.float64)
+        self.reservoir_phi = torch.zeros(0, dim, dtype=torch.float64)
+
+    @property
+    def num_models(self) -> int:
+        return len(self.hidden_sizes)
+
+    def block(self, model: int) -> tuple[slice, int]:
+        """Where model ``model`` sits in phi: the slice of its f and the index of its logZ."""
+        start = self.offsets[model]
+        return slice(start, start + self.hidden_sizes[model]), start + self.hidden_sizes[model]
+
+    # ------------------------------------------------------------------ update
+    def update(
+        self,
+        features: Sequence[torch.Tensor],
+        logits: Sequence[torch.Tensor],
+        context_ids: torch.Tensor | None = None,
+    ) -> None:
+        """Add a batch of contexts, seen by all k models.
+
+        Args:
+            features: k tensors (batch, hidden_k): f_k(x) for each context.
+            logits: k tensors (batch, n_labels): the in-family logits f_k(x)^T g_k(y) + b_k(y), any float dtype.
+                Log-softmax runs in float64.
+            context_ids: (batch,) integer ids, unique across everything merged into this state. Defaults to
+                the running count (pass explicit ids when states built separately are merged).
+
+        Raises:
+            ValueError: wrong number of models, mismatched shapes, or non-finite values.
+        """
+        batch = self._check_batch(features, logits)
+        if batch == 0:
+            return
+        if context_ids is None:
+            context_ids = torch.arange(self.count, self.count + batch, dtype=torch.int64)
+        context_ids = torch.as_tensor(context_ids, dtype=torch.int64).reshape(-1).cpu()
+        if context_ids.numel() != batch:
+            raise ValueError(f"Expected {batch} context ids, one per context, got {context_ids.numel()}.")
+
+        phi = torch.empty(batch, self.offsets[-1], dtype=torch.float64)  # (batch, D)
+        rows = max(1, _CHUNK_ELEMENTS // self.num_labels)
+        for start in range(0, batch, rows):
+            chunk = slice(start, start + rows)
+            logprobs = []
+            for k, (f, z) in enumerate(zip(features, logits)):
+                z = z[chunk].detach().to(device="cpu", dtype=torch.float64)
+                log_norm = torch.logsumexp(z, dim=-1)
+                f_slice, z_index = self.block(k)
+                phi[chunk, f_slice] = f[chunk].detach().to(device="cpu", dtype=torch.float64)
+                phi[chunk, z_index] = log_norm
+                logprobs.append(z - log_norm[:, None])
+                self.prob_sum[k] += logprobs[-1].exp().sum(0)
+            for p, (i, j) in enumerate(self.pairs):
+                self.pair_sums[p] += pair_scalars(logprobs[i], logprobs[j]).sum(0)
+
+        self._add_moments(batch, phi.mean(0), _centred_comoment(phi))
+        self._add_to_reservoir(context_ids, context_priority(context_ids, self.seed), phi)
+
+    def _check_batch(self, features: Sequence[torch.Tensor], logits: Sequence[torch.Tensor]) -> int:
+        k = self.num_models
+        if len(features) != k or len(logits) != k:
+            raise ValueError(
+                f"Expected features and logits for each of the {k} models, got {len(features)} feature tensors "
+                f"and {len(logits)} logit tensors."
+            )
+        batch = features[0].shape[0]
+        for m, (f, z, hidden) in enumerate(zip(features, logits, self.hidden_sizes)):
+            if tuple(f.shape) != (batch, hidden):
+                raise ValueError(
+                    f"Expected features of model {m} with shape (batch={batch}, hidden={hidden}), "
+                    f"got {tuple(f.shape)}; every model must see the same contexts."
+                )
+            if tuple(z.shape) != (batch, self.num_labels):
+                raise ValueError(
+                    f"Expected logits of model {m} with shape (batch={batch}, n_labels={self.num_labels}), "
+                    f"got {tuple(z.shape)}."
+                )
+            for name, tensor in (("features", f), ("logits", z)):
+                if not bool(torch.isfinite(tensor).all()):
+                    bad = int((~torch.isfinite(tensor)).sum())
+                    raise ValueError(
+                        f"Expected finite {name} of model {m}, got {bad} NaN or infinite values in this batch; "
+                        f"check the model's weights and dtype (float16 logits can overflow)."
+                    )
+        return batch
+
+    def _add_moments(self, count: int, mean: torch.Tensor, comoment: torch.Tensor) -> None:
+        """Chan et al.'s pairwise merge of (count, mean, centred co-moment)."""
+        total = self.count + count
+        delta = mean - self.mean  # (D,)
+        self.comoment += comoment + torch.outer(delta, delta) * (self.count * count / total)
+        self.mean += delta * (count / total)
+        self.count = total
+
+    def _add_to_reservoir(self, ids: torch.Tensor, priority: torch.Tensor, phi: torch.Tensor) -> None:
+        ids = torch.cat([self.reservoir_ids, ids])
+        priority = torch.cat([self.reservoir_priority, priority])
+        phi = torch.cat([self.reservoir_phi, phi])
+        if ids.unique().numel() != ids.numel():
+            raise ValueError(
+                "Expected unique context ids across everything merged into one state, got repeated ids; pass "
+                "explicit, globally unique context_ids to update() when states are built separately."
+            )
+        # Bottom-R by priority, ties broken by id; the kept rows are stored sorted by id.
+        order = np.lexsort((ids.numpy(), priority.numpy()))[: self.reservoir_size]
+        order = order[np.argsort(ids.numpy()[order], kind="stable")]
+        keep = torch.from_numpy(order)
+        self.reservoir_ids, self.reservoir_priority, self.reservoir_phi = ids[keep], priority[keep], phi[keep]
+
+    # ------------------------------------------------------------------ merge
+    def merge(self, other: RepSimState) -> RepSimState:
+        """Add another state's contexts to this one, in place. Returns self.
+
+        Raises:
+            ValueError: the states were built for different models, labels, reservoir or seed.
+        """
+        mine, theirs = self.config(), other.config()
+        if mine != theirs:
+            raise ValueError(f"Expected a state with the same configuration {mine}, got {theirs}.")
+        if other.count == 0:
+            return self
+        self.prob_sum += other.prob_sum
+        self.pair_sums += other.pair_sums
+        self._add_moments(other.count, other.mean, other.comoment)
+        self._add_to_reservoir(other.reservoir_ids, other.reservoir_priority, other.reservoir_phi)
+        return self
+
+    # ------------------------------------------------------------------ read out
+    def covariance(self) -> torch.Tensor:
+        """(D, D) unbiased (ddof = 1) covariance of phi."""
+        if self.count < 2:
+            raise ValueError(f"Expected at least 2 contexts for a covariance, got {self.count}.")
+        return self.comoment / (self.count - 1)
+
+    def pair_means(self, i: int, j: int) -> PairScalars:
+        """Mean KL(p_i || p_j), KL(p_j || p_i), JS and d_logit^2 over all contexts seen."""
+        if self.count == 0:
+            raise ValueError("Expected at least one context in the state, got none.")
+        index = self.pairs.index((min(i, j), max(i, j)))
+        kl, kl_rev, js, logit_sq = (self.pair_sums[index] / self.count).tolist()
+        if i > j:
+            kl, kl_rev = kl_rev, kl
+        return PairScalars(kl=kl, kl_reverse=kl_rev, js=js, d_logit_sq=logit_sq)
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict:
+        """What two states must share to be merged."""
+        return {
+            "hidden_sizes": self.hidden_sizes,
+            "num_labels": self.num_labels,
+            "reservoir_size": self.reservoir_size,
+            "seed": self.seed,
+        }
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], str]:
+        """Tensors (for safetensors) and a JSON string with the configuration and count."""
+        tensors = {
+            "mean": self.mean,
+            "comoment": self.comoment,
+            "prob_sum": self.prob_sum,
+            "pair_sums": self.pair_sums,
+            "reservoir_ids": self.reservoir_ids,
+            "reservoir_priority": self.reservoir_priority,
+            "reservoir_phi": self.reservoir_phi,
+        }
+        return {k: v.contiguous() for k, v in tensors.items()}, json.dumps({**self.config(), "count": self.count})
+
+    @classmethod
+    def from_state_dict(cls, tensors: dict[str, torch.Tensor], meta: str) -> RepSimState:
+        """Rebuild a state written by :meth:`state_dict`."""
+        info = json.loads(meta)
+        state = cls(info["hidden_sizes"], info["num_labels"], info["reservoir_size"], info["seed"])
+        state.count = int(info["count"])
+        for name in ("mean", "comoment", "prob_sum", "pair_sums", "reservoir_ids", "reservoir_priority"):
+            setattr(state, name, tensors[name].clone())
+        state.reservoir_phi = tensors["reservoir_phi"].clone()
+        return state
+
+
+def _centred_comoment(x: torch.Tensor) -> torch.Tensor:
+    """sum_n (x_n - mean)(x_n - mean)^T for (n, D) float64 rows: (D, D)."""
+    centred = x - x.mean(0)
+    return centred.T @ centred
