@@ -124,9 +124,16 @@ class Measures:
 
 # ---------------------------------------------------------------------------------------------- helpers
 def psd_factor(cov: torch.Tensor) -> torch.Tensor:
-    """A factor L with L L^T = cov for a symmetric positive semi-definite (D, D) matrix: (D, D)."""
+    """A factor L with L L^T = cov for a symmetric positive semi-definite (D, D) matrix: (D, D).
+
+    Eigenvalues within rounding of zero (below D * eps * the largest) are set to zero: their square roots would
+    otherwise add noise of relative size sqrt(eps) to every standard deviation read off the factor, and two
+    identical models would not come out identical. A standard deviation read off the factor is therefore exact
+    to about sqrt(D * eps) ~ 1e-7 of the largest one: the resolution of any measure built on second moments.
+    """
     eigval, eigvec = torch.linalg.eigh(cov)
-    return eigvec * eigval.clamp(min=0).sqrt()
+    floor = cov.shape[0] * torch.finfo(cov.dtype).eps * eigval.abs().max()
+    return eigvec * torch.where(eigval > floor, eigval, 0).sqrt()
 
 
 def m_svd(cov12: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,77 @@
+"""Bad input to the measures gets an error that says what was expected and what was got."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hf_repsim import MeasureConfig, compare_representations
+from hf_repsim.constructions import perturbation_pair
+
+
+@pytest.fixture
+def pair():
+    return perturbation_pair(8, 3, num_contexts=50, scale=0.3, seed=0)
+
+
+def test_mismatched_numbers_of_contexts(pair):
+    f1, g1, f2, g2 = pair
+    with pytest.raises(ValueError, match=r"same contexts, got 50 and 49 rows"):
+        compare_representations(f1, g1, f2[:49], g2)
+
+
+def test_fewer_contexts_than_m_plus_one(pair):
+    f1, g1, f2, g2 = pair
+    with pytest.raises(ValueError, match=r"at least M \+ 1 = 4 contexts .* got 3"):
+        compare_representations(f1[:3], g1, f2[:3], g2)
+
+
+def test_fewer_labels_than_needed(pair):
+    f1, g1, f2, g2 = pair
+    with pytest.raises(ValueError, match=r"Expected at least 5 labels .* got 4"):
+        compare_representations(f1, g1[:4], f2, g2[:4])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_values(pair, bad):
+    f1, g1, f2, g2 = pair
+    f2 = f2.copy()
+    f2[3, 1] = bad
+    with pytest.raises(ValueError, match=r"Expected finite values in f2, got 1 NaN or infinite"):
+        compare_representations(f1, g1, f2, g2)
+
+
+def test_pivot_label_out_of_range(pair):
+    with pytest.raises(ValueError, match=r"Expected pivot_label in \[0, 8\), got 8"):
+        compare_representations(*pair, pivot_label=8)
+
+
+def test_input_set_of_the_wrong_size(pair):
+    with pytest.raises(ValueError, match=r"Expected input_set to hold 4 distinct context ids"):
+        compare_representations(*pair, input_set=[0, 1])
+
+
+def test_hidden_size_mismatch_between_f_and_g(pair):
+    f1, g1, f2, g2 = pair
+    with pytest.raises(ValueError, match=r"Expected g2 with the hidden size of f2 \(3\)"):
+        compare_representations(f1, g1, f2, g2[:, :2])
+
+
+def test_not_an_array(pair):
+    f1, g1, f2, g2 = pair
+    with pytest.raises(TypeError, match=r"Expected f1 as a numpy array or torch tensor, got list"):
+        compare_representations(f1.tolist(), g1, f2, g2)
+
+
+def test_bad_config_values():
+    with pytest.raises(ValueError, match=r"Expected num_samples >= 1, got 0"):
+        MeasureConfig(num_samples=0)
+
+
+def test_different_hidden_sizes_give_distributional_measures_and_no_bound():
+    f1, g1, _, _ = perturbation_pair(10, 4, 200, 0.1, seed=0)
+    f2, g2, _, _ = perturbation_pair(10, 3, 200, 0.1, seed=1)
+    out = compare_representations(f1, g1, f2, g2)
+    assert out["kl"] > 0 and 0 <= out["d_svd_f"] <= 1
+    assert out["bound"] is None and out["bound_holds"] is None and out["d_rep_sq"] is None
+    assert len(out["input_set"]) == 4  # min(M1, M2) + 1
