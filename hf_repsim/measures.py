@@ -87,7 +87,7 @@ class MeasureConfig:
     num_label_sets: int = 32
     degenerate_tol: float = 1e-6
     cca_rcond: float = 1e-12
-    refine: int = 4
+    refine: int = 2
     pivot_label: int | None = None
     left_out_label: int | None = None
     input_set: list[int] | None = None
@@ -294,24 +294,40 @@ def _head64(head: Head, hidden: int, num_labels: int) -> tuple[torch.Tensor, tor
 
 
 # ---------------------------------------------------------------------------------------------- label side
-def _label_terms(pair: _Pair, pivot: int, exact: bool) -> tuple[torch.Tensor, ...]:
-    """s_1, s_2, R, P for every label, for one pivot label: four (V,) tensors (undefined at the pivot itself).
+#: Labels per chunk in the exact label-side pass: bounds the (chunk, D) temporaries.
+_LABEL_CHUNK = 4096
 
-    exact=False uses expanded quadratic forms (one dot product per label, for screening many pivots);
-    exact=True forms the differences first, which keeps full relative precision when the models are close.
+
+def _exact_label_terms(pair: _Pair, pivot: int) -> tuple[torch.Tensor, ...]:
+    """s_i, s_j, R, P for every label and one pivot: four (V,) tensors (undefined at the pivot itself).
+
+    The differences are formed before the norms, which keeps full relative precision when the models are close.
+    """
+    e_i0, e_j0 = pair.e_i[pivot], pair.e_j[pivot]  # (D,)
+    out = []
+    for start in range(0, pair.state.num_labels, _LABEL_CHUNK):
+        e_i, e_j = pair.e_i[start : start + _LABEL_CHUNK], pair.e_j[start : start + _LABEL_CHUNK]  # (chunk, D)
+        s_i = (e_i - e_i0).norm(dim=1)
+        s_j = (e_j - e_j0).norm(dim=1)
+        r = (e_i / s_i[:, None] - e_j / s_j[:, None]).norm(dim=1)
+        p = (e_i0 / s_i[:, None] - e_j0 / s_j[:, None]).norm(dim=1)
+        out.append(torch.stack([s_i, s_j, r, p]))
+    return tuple(torch.cat(out, dim=1))
+
+
+def _screened_label_terms(pair: _Pair, pivots: list[int]) -> tuple[torch.Tensor, ...]:
+    """s_i, s_j, R, P for every label and many pivots at once: four (V, n_pivots) tensors.
+
+    Expanded quadratic forms: one matrix product for all pivots. They lose relative precision when R is far below
+    the scale of the log-probabilities, so they only rank the candidates; the best are then evaluated exactly.
     """
     e_i, e_j = pair.e_i, pair.e_j
-    if exact:
-        s_i = (e_i - e_i[pivot]).norm(dim=1)
-        s_j = (e_j - e_j[pivot]).norm(dim=1)
-        r = (e_i / s_i[:, None] - e_j / s_j[:, None]).norm(dim=1)
-        p = (e_i[pivot] / s_i[:, None] - e_j[pivot] / s_j[:, None]).norm(dim=1)
-        return s_i, s_j, r, p
     a_i, a_j, c = e_i.square().sum(1), e_j.square().sum(1), (e_i * e_j).sum(1)  # (V,)
-    s_i = (a_i + a_i[pivot] - 2 * e_i @ e_i[pivot]).clamp(min=0).sqrt()
-    s_j = (a_j + a_j[pivot] - 2 * e_j @ e_j[pivot]).clamp(min=0).sqrt()
+    a_i, a_j, c = a_i[:, None], a_j[:, None], c[:, None]  # (V, 1)
+    s_i = (a_i + a_i[pivots].T - 2 * e_i @ e_i[pivots].T).clamp(min=0).sqrt()  # (V, n_pivots)
+    s_j = (a_j + a_j[pivots].T - 2 * e_j @ e_j[pivots].T).clamp(min=0).sqrt()
     r = (a_i / s_i**2 + a_j / s_j**2 - 2 * c / (s_i * s_j)).clamp(min=0).sqrt()
-    p = (a_i[pivot] / s_i**2 + a_j[pivot] / s_j**2 - 2 * c[pivot] / (s_i * s_j)).clamp(min=0).sqrt()
+    p = (a_i[pivots].T / s_i**2 + a_j[pivots].T / s_j**2 - 2 * c[pivots].T / (s_i * s_j)).clamp(min=0).sqrt()
     return s_i, s_j, r, p
 
 
@@ -327,9 +343,10 @@ class _LabelChoice:
     scales: torch.Tensor  # (len(eligible),) S
 
 
-def _choose_labels(pair: _Pair, pivot: int, config: MeasureConfig, exact: bool) -> _LabelChoice:
-    s_i, s_j, r, p = _label_terms(pair, pivot, exact)
-    labels = torch.arange(pair.state.num_labels)
+def _choose_labels(pivot: int, label_terms: Sequence[torch.Tensor], config: MeasureConfig) -> _LabelChoice:
+    """Given s_i, s_j, R, P of every label for one pivot: the degenerate and left-out labels, t1 and t3."""
+    s_i, s_j, r, p = label_terms
+    labels = torch.arange(s_i.shape[0])
     others = labels != pivot
     floor_i = config.degenerate_tol * s_i[others].median()
     floor_j = config.degenerate_tol * s_j[others].median()
@@ -339,47 +356,49 @@ def _choose_labels(pair: _Pair, pivot: int, config: MeasureConfig, exact: bool) 
     if config.left_out_label is not None:
         left_out = [config.left_out_label] if config.left_out_label != pivot else []
     else:
-        candidates = labels[usable]
-        worst = torch.argsort(terms[usable], descending=True, stable=True)[: config.num_left_out]
-        left_out = candidates[worst].tolist()
+        usable_terms = terms[usable]
+        worst = torch.topk(usable_terms, min(config.num_left_out, usable_terms.numel())).indices
+        left_out = labels[usable][worst].tolist()
     keep = usable.clone()
     keep[left_out] = False
     if not bool(keep.any()):
         raise ValueError(
             f"Expected at least one usable label besides the pivot {pivot} and the left-out labels {left_out}, "
-            f"got none ({int(degenerate.sum())} degenerate of {pair.state.num_labels})."
+            f"got none ({int(degenerate.sum())} degenerate of {s_i.shape[0]})."
         )
+    scales = (s_i - s_j).abs()
     return _LabelChoice(
         pivot=pivot,
         left_out=left_out,
         t1=float(terms[keep].max()),
-        t3=float((s_i - s_j).abs()[keep].max()),
+        t3=float(scales[keep].max()),
         eligible=labels[keep].tolist(),
         degenerate=labels[degenerate].tolist(),
         terms=terms[keep],
-        scales=(s_i - s_j).abs()[keep],
+        scales=scales[keep],
     )
 
 
 def _candidate_pivots(pair: _Pair, config: MeasureConfig) -> list[int]:
     if config.pivot_label is not None:
         return [config.pivot_label]
-    probs = pair.state.prob_sum[[pair.i, pair.j]].sum(0)  # (V,) summed predicted probability of each label
     if config.num_pivots >= pair.state.num_labels:
         return list(range(pair.state.num_labels))
+    probs = pair.state.prob_sum[[pair.i, pair.j]].sum(0)  # (V,) summed predicted probability of each label
     return torch.argsort(probs, descending=True, stable=True)[: config.num_pivots].sort().values.tolist()
 
 
 def _search_labels(pair: _Pair, config: MeasureConfig) -> tuple[_LabelChoice, int]:
     """The pivot and left-out labels minimising t1: screen every candidate, then refine the best exactly."""
     candidates = _candidate_pivots(pair, config)
+    finalists = candidates
     if len(candidates) > config.refine:
-        screened = [_choose_labels(pair, y0, config, exact=False).t1 for y0 in candidates]
-        order = np.argsort(screened, kind="stable")[: config.refine]
-        candidates = sorted(candidates[k] for k in order)
-    choices = [_choose_labels(pair, y0, config, exact=True) for y0 in candidates]
+        screened = _screened_label_terms(pair, candidates)
+        t1 = [_choose_labels(y0, [t[:, k] for t in screened], config).t1 for k, y0 in enumerate(candidates)]
+        finalists = sorted(candidates[k] for k in np.argsort(t1, kind="stable")[: config.refine])
+    choices = [_choose_labels(y0, _exact_label_terms(pair, y0), config) for y0 in finalists]
     best = min(range(len(choices)), key=lambda k: (choices[k].t1, choices[k].pivot))
-    return choices[best], len(_candidate_pivots(pair, config))
+    return choices[best], len(candidates)
 
 
 # ---------------------------------------------------------------------------------------------- input side

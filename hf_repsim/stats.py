@@ -65,24 +65,42 @@ class PairScalars:
     d_logit_sq: float
 
 
-def pair_scalars(logprobs_i: torch.Tensor, logprobs_j: torch.Tensor) -> torch.Tensor:
+def pair_scalars(
+    logprobs_i: torch.Tensor,
+    logprobs_j: torch.Tensor,
+    probs_i: torch.Tensor,
+    probs_j: torch.Tensor,
+    neg_entropy_i: torch.Tensor,
+    neg_entropy_j: torch.Tensor,
+) -> torch.Tensor:
     """Per-context KL(p_i || p_j), KL(p_j || p_i), JS and squared centred-logit distance.
 
+    Computed in the dtype of the inputs (float32 for float32 logits: absolute error about 1e-7; float64 for
+    float64 logits), with as few passes over the labels as the four quantities allow.
+
     Args:
-        logprobs_i: (batch, n_labels) log-probabilities of model i, float64.
-        logprobs_j: (batch, n_labels) log-probabilities of model j, float64.
+        logprobs_i, logprobs_j: (batch, n_labels) log-probabilities of models i and j.
+        probs_i, probs_j: (batch, n_labels) their exponentials.
+        neg_entropy_i, neg_entropy_j: (batch,) sum_y p log p of each model.
 
     Returns:
         (batch, 4) float64: the four distances per context.
     """
-    p_i, p_j = logprobs_i.exp(), logprobs_j.exp()
-    diff = logprobs_i - logprobs_j  # (batch, n_labels); equals the difference of the raw logits up to a constant
-    kl = (p_i * diff).sum(-1)
-    kl_reverse = -(p_j * diff).sum(-1)
-    log_mix = torch.logaddexp(logprobs_i, logprobs_j) - np.log(2.0)
-    js = 0.5 * (p_i * (logprobs_i - log_mix)).sum(-1) + 0.5 * (p_j * (logprobs_j - log_mix)).sum(-1)
-    logit_sq = (diff - diff.mean(-1, keepdim=True)).square().sum(-1)
-    return torch.stack([kl, kl_reverse, js, logit_sq], dim=-1)
+    diff = logprobs_i - logprobs_j  # (batch, n_labels); the difference of the raw logits up to a constant
+    kl = _rowdot(probs_i, diff)
+    kl_reverse = -_rowdot(probs_j, diff)
+    mixture = torch.add(probs_i, probs_j).mul_(0.5)  # (batch, n_labels)
+    js = 0.5 * (neg_entropy_i + neg_entropy_j) - _rowdot(mixture, torch.log(mixture))
+    # ||c(d)||^2 = sum d^2 - (sum d)^2 / V: the mean of d is of the order of its spread (both distributions are
+    # normalised), so the subtraction loses no digits that matter.
+    total, square = diff.sum(-1).double(), _rowdot(diff, diff).double()
+    logit_sq = square - total.square() / diff.shape[-1]
+    return torch.stack([kl.double(), kl_reverse.double(), js.double(), logit_sq], dim=-1)
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot products of two (batch, n) tensors: (batch,)."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).reshape(-1)
 
 
 class RepSimState:
@@ -149,7 +167,8 @@ class RepSimState:
         Args:
             features: k tensors (batch, hidden_k): f_k(x) for each context.
             logits: k tensors (batch, n_labels): the in-family logits f_k(x)^T g_k(y) + b_k(y), any float dtype.
-                Log-softmax runs in float64.
+                Log-softmax and the per-context distances run in float32, or float64 for float64 logits; every
+                sum is accumulated in float64.
             context_ids: (batch,) integer ids, unique across everything merged into this state. Defaults to
                 the running count (pass explicit ids when states built separately are merged).
 
@@ -169,17 +188,23 @@ class RepSimState:
         rows = max(1, _CHUNK_ELEMENTS // self.num_labels)
         for start in range(0, batch, rows):
             chunk = slice(start, start + rows)
-            logprobs = []
+            logprobs, probs, neg_entropy = [], [], []
             for k, (f, z) in enumerate(zip(features, logits)):
-                z = z[chunk].detach().to(device="cpu", dtype=torch.float64)
-                log_norm = torch.logsumexp(z, dim=-1)
+                z = z[chunk].detach().cpu()
+                z = z.to(torch.promote_types(z.dtype, torch.float32))  # (rows, n_labels)
                 f_slice, z_index = self.block(k)
                 phi[chunk, f_slice] = f[chunk].detach().to(device="cpu", dtype=torch.float64)
-                phi[chunk, z_index] = log_norm
-                logprobs.append(z - log_norm[:, None])
-                self.prob_sum[k] += logprobs[-1].exp().sum(0)
+                logprobs.append(torch.log_softmax(z, dim=-1))
+                probs.append(logprobs[-1].exp())
+                neg_entropy.append(_rowdot(probs[-1], logprobs[-1]))
+                # logZ = z - log p at the most probable label, where log p is nearest 0 and carries the least rounding.
+                top = z.argmax(-1, keepdim=True)
+                phi[chunk, z_index] = (z.gather(-1, top) - logprobs[-1].gather(-1, top)).reshape(-1).double()
+                # Column sums as a product with ones: one pass, accumulated in float64.
+                self.prob_sum[k] += (torch.ones(1, z.shape[0], dtype=z.dtype) @ probs[-1]).reshape(-1).double()
             for p, (i, j) in enumerate(self.pairs):
-                self.pair_sums[p] += pair_scalars(logprobs[i], logprobs[j]).sum(0)
+                scalars = pair_scalars(logprobs[i], logprobs[j], probs[i], probs[j], neg_entropy[i], neg_entropy[j])
+                self.pair_sums[p] += scalars.sum(0)
 
         self._add_moments(batch, phi.mean(0), _centred_comoment(phi))
         self._add_to_reservoir(context_ids, context_priority(context_ids, self.seed), phi)
