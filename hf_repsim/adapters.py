@@ -32,6 +32,10 @@ QUANT_KINDS: tuple[str, ...] = get_args(QuantKind)
 # max(1, max |logits|): the model rounds its matmul, logit scale and soft-cap to that dtype, f W^T + b does not.
 OUTPUT_ROUNDING = 4
 
+# Rows of every batch on which f W^T + b is checked against the model's logits when those are already in the
+# adapter's dtype (the full product is recomputed, and checked, for soft-capped or half-precision logits).
+CHECK_ROWS = 64
+
 # Reparametrizations whose condition number exceeds this are refused: A^{-1} would lose the digits of g.
 MAX_CONDITION_NUMBER = 1e10
 
@@ -218,10 +222,20 @@ class CausalLMAdapter:
                 f"{self.info['model_type']}: the forward pass never called the output layer, so f was not captured."
             )
 
-        # (batch, seq, hidden) @ (n_rows, hidden)^T -> (batch, seq, n_rows), padded rows included
-        features = captured.detach().to(self._dtype)
-        logits = F.linear(features, self._weight, self._bias)
-        self._check(logits, output.logits)
+        features = captured.detach().to(self._dtype)  # (batch, seq, hidden)
+        model_logits = output.logits.detach()  # (batch, seq, n_rows), padded rows included
+        if self._softcap is None and model_logits.dtype == self._dtype:
+            # The model's own logits are f W^T + b (scale included) in our dtype: keep them, and check the
+            # reconstruction on a few rows instead of a second full product with the vocabulary.
+            rows = features.reshape(-1, features.shape[-1])[:CHECK_ROWS]  # (check, hidden)
+            self._check(
+                F.linear(rows, self._weight, self._bias), model_logits.reshape(-1, model_logits.shape[-1])[:CHECK_ROWS]
+            )
+            logits = model_logits
+        else:
+            # Soft-capped or lower-precision logits: recompute f W^T + b in full, at least float32.
+            logits = F.linear(features, self._weight, self._bias)
+            self._check(logits, model_logits)
         return features, logits[..., : self.info["num_labels"]]
 
     __call__ = forward

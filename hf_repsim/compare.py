@@ -2,7 +2,7 @@
 
 Model specs are what :func:`hf_repsim.loading.load_model` takes (an alias, a folder, a .gguf file or a
 cached hub id), optionally followed by a derivation: ``SPEC@reparam`` (the same distribution in other
-coordinates, :func:`hf_repsim.adapters.reparametrize` with a seeded A of condition number 10) or
+coordinates, :func:`hf_repsim.adapters.reparametrize` with a seeded A of condition number 100) or
 ``SPEC@q4_0`` (and ``@q8_0``, ``@q4_1``, ``@q5_0``: :func:`hf_repsim.adapters.requantize`).
 """
 
@@ -38,7 +38,7 @@ DType = Literal["auto", "float32", "float64", "bfloat16", "float16"]
 REPORT_SCHEMA_VERSION = 1
 
 #: Condition number of the seeded A of ``@reparam``: far from orthogonal, so rotation-only measures notice.
-REPARAM_CONDITION = 10.0
+REPARAM_CONDITION = 100.0
 
 
 @dataclass

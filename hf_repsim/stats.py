@@ -291,6 +291,8 @@ class RepSimState:
             raise ValueError("Expected at least one context in the state, got none.")
         index = self.pairs.index((min(i, j), max(i, j)))
         kl, kl_rev, js, logit_sq = (self.pair_sums[index] / self.count).tolist()
+        # The divergences are >= 0; a float32 sum over a vocabulary can land a rounding step below it (~1e-9).
+        kl, kl_rev, js = max(kl, 0.0), max(kl_rev, 0.0), max(js, 0.0)
         if i > j:
             kl, kl_rev = kl_rev, kl
         return PairScalars(kl=kl, kl_reverse=kl_rev, js=js, d_logit_sq=logit_sq)

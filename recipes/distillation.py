@@ -127,9 +127,16 @@ def distillation_loss(name: str):
 def train_teacher(config: Config, x: torch.Tensor, y: torch.Tensor, folder: Path) -> Path:
     model = StackedPairs(config.num_classes, config.width, [config.seed], hidden=config.hidden)
     train_stacked(
-        model, x, cross_entropy, y, seeds=[config.seed], steps=config.teacher_steps, lr=config.teacher_lr,
-        batch_size=config.batch_size, label="teacher",
-    )  # fmt: skip
+        model,
+        x,
+        cross_entropy,
+        y,
+        seeds=[config.seed],
+        steps=config.teacher_steps,
+        lr=config.teacher_lr,
+        batch_size=config.batch_size,
+        label="teacher",
+    )
     path = folder / "teacher.pt"
     torch.save(model.state_dicts()[0], path)
     return path
@@ -138,9 +145,16 @@ def train_teacher(config: Config, x: torch.Tensor, y: torch.Tensor, folder: Path
 def train_students(config: Config, loss: str, x: torch.Tensor, teacher_logits: torch.Tensor, folder: Path) -> list:
     model = StackedPairs(config.num_classes, config.width, config.seeds, hidden=config.hidden)
     train_stacked(
-        model, x, distillation_loss(loss), teacher_logits, seeds=config.seeds, steps=config.student_steps,
-        lr=config.student_lr, batch_size=config.batch_size, label=f"students ({loss})",
-    )  # fmt: skip
+        model,
+        x,
+        distillation_loss(loss),
+        teacher_logits,
+        seeds=config.seeds,
+        steps=config.student_steps,
+        lr=config.student_lr,
+        batch_size=config.batch_size,
+        label=f"students ({loss})",
+    )
     paths = []
     for seed, state in zip(config.seeds, model.state_dicts()):
         paths.append(folder / f"student_{loss}_seed{seed}.pt")
@@ -243,8 +257,10 @@ def main(argv=None) -> None:
     print(write_table(out, "table", table, TABLE_COLUMNS))
     result = finding(table)
     print("Finding (logit losses vs KL):", result)
-    write_json(out / "results.json", {"teacher_accuracy": teacher_accuracy, "table": table, "students": rows,
-                                       "finding": result})  # fmt: skip
+    write_json(
+        out / "results.json",
+        {"teacher_accuracy": teacher_accuracy, "table": table, "students": rows, "finding": result},
+    )
     plot(x_test, y_test, rows, config.losses, out / "distillation.png")
     print(f"Outputs in {out}: table.md/csv, students.csv, distillation.png, results.json, config.json, models/")
 

@@ -275,50 +275,38 @@ def reference_rows(config: Config, folder: Path, num_classes: int) -> list[dict]
     return None
 
 
-def reproduce(config: Config, models: dict, pairs: list[tuple], reference: list[dict]) -> tuple[list[dict], dict]:
-    """Per width: reference mean vs our mean and its spread over input-search seeds, for d_LLV and d_fg.
-
-    Also checks that the accuracy filter selects the reference's pairs and that, with the reference's own pivot,
-    left-out label and input set, every pair's d_LLV and d_fg agree with the reference.
-    """
-    ref = {(r["width"], r["seed_a"], r["seed_b"]): r for r in reference}
-    ref_pairs = sorted(k for k, r in ref.items() if min(r["acc_a"], r["acc_b"]) > config.min_accuracy)
-    ours = sorted((w, a, b) for _, w, a, b in pairs)
+def reference_checks(config: Config, models: dict, pairs: list[tuple], ref: dict[tuple, dict]) -> dict:
+    """Does the accuracy filter select the reference's pairs, with its accuracies, and do the reference's own
+    pivot, left-out label and input set give its d_LLV and d_fg?"""
     k = pairs[0][0]
+    ref_pairs = sorted(key for key, r in ref.items() if min(r["acc_a"], r["acc_b"]) > config.min_accuracy)
     acc_error = max(
         abs(models[k, w, s]["accuracy"] - r[f"acc_{side}"])
         for (w, a, b), r in ref.items()
         for side, s in (("a", a), ("b", b))
         if (k, w, s) in models
     )
-    checks = {"same_pairs_as_reference": ours == ref_pairs, "max_accuracy_difference": acc_error}
-
-    # Exact route: the reference's choices fixed, so every value is deterministic.
-    exact = [
-        compare_pair(
-            models,
-            p,
-            config.num_samples,
-            config.seed,
-            pivot_label=ref[p[1:]]["pivot_label"],
-            left_out_label=ref[p[1:]]["left_out_label"],
-            input_set=ref[p[1:]]["input_set"],
-        )
-        for p in pairs
-    ]
-    checks["max_rel_error_with_reference_choices"] = max(
+    fixed = [{key: ref[p[1:]][key] for key in ("pivot_label", "left_out_label", "input_set")} for p in pairs]
+    exact = [compare_pair(models, p, config.num_samples, config.seed, **f) for p, f in zip(pairs, fixed)]
+    rel_error = max(
         abs(e[key] - ref[p[1:]][key]) / abs(ref[p[1:]][key]) for e, p in zip(exact, pairs) for key in ("d_llv", "d_fg")
     )
+    return {
+        "same_pairs_as_reference": sorted((w, a, b) for _, w, a, b in pairs) == ref_pairs,
+        "max_accuracy_difference": acc_error,
+        "max_rel_error_with_reference_choices": rel_error,
+    }
 
-    # Fresh searches: each seed of the input-set search gives one per-width mean.
+
+def search_spread(config: Config, models: dict, pairs: list[tuple], ref: dict[tuple, dict]) -> list[dict]:
+    """Per width: the reference mean of d_LLV and d_fg, our mean over input-search seeds, its std and range."""
     widths = sorted({w for _, w, _, _ in pairs})
     means = {(w, key): [] for w in widths for key in ("d_llv", "d_fg")}
     started = time.perf_counter()
     for seed in range(config.seed, config.seed + config.search_seeds):
         rows = [compare_pair(models, p, config.num_samples, seed) for p in pairs]
-        for w in widths:
-            for key in ("d_llv", "d_fg"):
-                means[w, key].append(float(np.mean([r[key] for r in rows if r["width"] == w])))
+        for (w, key), values in means.items():
+            values.append(float(np.mean([r[key] for r in rows if r["width"] == w])))
     log.info("%d searches of %d pairs: %.1f s", config.search_seeds, len(pairs), time.perf_counter() - started)
 
     table = []
@@ -327,19 +315,40 @@ def reproduce(config: Config, models: dict, pairs: list[tuple], reference: list[
         for key in ("d_llv", "d_fg"):
             values = np.array(means[w, key])
             target = float(np.mean([ref[p[1:]][key] for p in pairs if p[1] == w]))
-            low, high = values.min(), values.max()
-            row.update(
-                {
-                    f"{key}_reference": target,
-                    f"{key}_ours": float(values.mean()),
-                    f"{key}_std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                    f"{key}_min": float(low),
-                    f"{key}_max": float(high),
-                    f"{key}_within": bool(low - EDGE_RTOL * abs(target) <= target <= high + EDGE_RTOL * abs(target)),
-                }
-            )
+            low, high, edge = float(values.min()), float(values.max()), EDGE_RTOL * abs(target)
+            row[f"{key}_reference"] = target
+            row[f"{key}_ours"] = float(values.mean())
+            row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            row[f"{key}_min"], row[f"{key}_max"] = low, high
+            row[f"{key}_within"] = low - edge <= target <= high + edge
         table.append(row)
-    return table, checks
+    return table
+
+
+def report_reproduction(config: Config, out: Path, models: dict, pairs: list[tuple]) -> dict:
+    """Compare with reference_K{K}.json when there is one: the table, the checks, and a verdict per width."""
+    classes = sorted({k for k, _, _ in models})
+    reference = reference_rows(config, Path(config.from_checkpoints), classes[0]) if len(classes) == 1 else None
+    if reference is None or not pairs:
+        print(
+            f"No reference comparison: classes {classes}, {len(pairs)} pairs, reference file found: "
+            f"{reference is not None} (pass --reference)."
+        )
+        return {}
+    ref = {(r["width"], r["seed_a"], r["seed_b"]): r for r in reference}
+    checks = reference_checks(config, models, pairs, ref)
+    table = search_spread(config, models, pairs, ref)
+    print(write_table(out, "reproduction", table, REPRODUCTION_COLUMNS))
+    print("Checks:", json.dumps(checks))
+    for row in table:
+        for key in ("d_llv", "d_fg"):
+            print(
+                f"width {row['width']}: reference mean {key} {row[f'{key}_reference']:.5f} is "
+                f"{'within' if row[f'{key}_within'] else 'NOT within'} our range [{row[f'{key}_min']:.5f}, "
+                f"{row[f'{key}_max']:.5f}] over {config.search_seeds} input-search seeds "
+                f"(our mean {row[f'{key}_ours']:.5f} +- {row[f'{key}_std']:.5f})"
+            )
+    return {"reproduction": table, "checks": checks}
 
 
 REPRODUCTION_COLUMNS = {
@@ -400,24 +409,10 @@ def main(argv=None) -> None:
     print(write_table(out, "summary", summary, SUMMARY_COLUMNS))
     results = {"config": asdict(config), "summary": summary, "pairs": rows, "accuracy": accuracy}
 
-    reference_means = None
     if config.from_checkpoints:
-        folder = Path(config.from_checkpoints)
-        reference = reference_rows(config, folder, next(iter(models))[0])
-        if reference is not None and len({k for k, _, _ in models}) == 1:
-            table, checks = reproduce(config, models, pairs, reference)
-            print(write_table(out, "reproduction", table, REPRODUCTION_COLUMNS))
-            print("Checks:", json.dumps(checks))
-            for row in table:
-                for key in ("d_llv", "d_fg"):
-                    verdict = "within" if row[f"{key}_within"] else "NOT within"
-                    print(
-                        f"width {row['width']}: reference mean {key} {row[f'{key}_reference']:.5f} is {verdict} "
-                        f"our range [{row[f'{key}_min']:.5f}, {row[f'{key}_max']:.5f}] over {config.search_seeds} "
-                        f"input-search seeds (our mean {row[f'{key}_ours']:.5f} +- {row[f'{key}_std']:.5f})"
-                    )
-            results.update(reproduction=table, checks=checks)
-            reference_means = {r["width"]: {"d_llv": r["d_llv_reference"], "d_fg": r["d_fg_reference"]} for r in table}
+        results.update(report_reproduction(config, out, models, pairs))
+    table = results.get("reproduction")
+    reference_means = {r["width"]: {k: r[f"{k}_reference"] for k in ("d_llv", "d_fg")} for r in table or []}
     plot(summary, out / "width_sweep.png", reference_means)
     results["wall_seconds"] = time.perf_counter() - started
     write_json(out / "results.json", results)

@@ -95,7 +95,8 @@ def test_logits_are_reconstructed_from_the_output_layer_input(model_type):
     assert features.dtype == logits.dtype == torch.float32
     assert adapter.info["max_reconstruction_error"] < FLOAT32_TOLERANCE
     assert (logits - expected).abs().max() < FLOAT32_TOLERANCE
-    assert torch.equal(adapter.head.logits(features), logits)
+    # The logits are the model's own where it computes them in float32 (a logit scale rounds differently).
+    torch.testing.assert_close(adapter.head.logits(features), logits, rtol=1e-6, atol=1e-6)
     assert adapter.info["model_type"] == model_type
     assert adapter.info["hidden_size"] == HIDDEN and adapter.info["num_labels"] == VOCAB
     assert adapter.info["tied"] == (model_type in TIED)
