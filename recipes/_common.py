@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -30,6 +31,21 @@ from hf_repsim.classifiers import ClassifierPair
 
 #: Outputs go under <repository>/runs/<recipe> unless --output says otherwise (runs/ is git-ignored).
 RUNS = Path(__file__).resolve().parents[1] / "runs"
+
+#: The reference checkpoints and values: $HF_REPSIM_REFERENCE, else the copy in tests/data/reference (as in
+#: tests/conftest.py), else the team's shared/data/reference beside the repository.
+REFERENCE = next(
+    (
+        Path(p)
+        for p in (
+            os.environ.get("HF_REPSIM_REFERENCE"),
+            RUNS.parent / "tests/data/reference",
+            RUNS.parents[1] / "shared/data/reference",
+        )
+        if p is not None and Path(p).exists()
+    ),
+    RUNS.parent / "tests/data/reference",
+)
 
 #: The packages whose versions are written beside every result.
 VERSIONED = ("torch", "numpy", "hf_repsim", "matplotlib")

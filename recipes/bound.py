@@ -12,20 +12,19 @@ Plots d_fg against d_LLV (log-log) with the line 2 M d_LLV and the edge d_LLV = 
 the bound says something, and counts the points below the line there (all of them, if the bound holds).
 Writes points.csv, summary.md/csv, bound.png, results.json, config.json. About 20 s (--quick: about 5 s).
 
-    .venv/bin/python recipes/bound.py [--quick] [--checkpoints ../shared/data/reference/checkpoints]
+    .venv/bin/python recipes/bound.py [--quick] [--checkpoints tests/data/reference/checkpoints]
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import option, parse_config, pyplot, start_run, write_json, write_table
+from _common import REFERENCE, option, parse_config, pyplot, start_run, write_json, write_table
 
 from hf_repsim import compare_representations
 from hf_repsim.classifiers import classifier_representations, load_classifier, radial_data
@@ -33,11 +32,8 @@ from hf_repsim.constructions import perturbation_pair
 
 log = logging.getLogger("recipes")
 
-#: Where the reference checkpoints lie unless --checkpoints says otherwise (as in tests/conftest.py).
-DEFAULT_CHECKPOINTS = (
-    Path(os.environ.get("HF_REPSIM_REFERENCE", Path(__file__).resolve().parents[2] / "shared/data/reference"))
-    / "checkpoints"
-)
+#: Where the reference checkpoints lie unless --checkpoints says otherwise.
+DEFAULT_CHECKPOINTS = REFERENCE / "checkpoints"
 
 #: d_fg of identical representations is 0 up to rounding; the log-log plot shows such points at this floor.
 PLOT_FLOOR = 1e-12

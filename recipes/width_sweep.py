@@ -17,13 +17,13 @@ training on an idle machine, 25-35 min while other jobs share the cores, plus un
 --quick (K = 4 and 6, widths 16 and 128, 4 seeds, 6000 steps) takes about a minute.
 
 --from-checkpoints DIR skips training: it loads radial_K{K}_w{width}_seed{seed}.pt from DIR (e.g.
-../shared/data/reference/checkpoints), compares the pairs at each width, repeats the comparison with
+tests/data/reference/checkpoints or ../shared/data/reference/checkpoints), compares the pairs at each width, repeats the comparison with
 --search-seeds seeds of the random input-set search, and, given reference_K{K}.json (--reference, or found in
 DIR or its parent), prints per width the reference mean of d_LLV and d_fg, our mean, and the seed-to-seed
 spread (std, min-max) of our mean, and whether each reference mean lies within [min, max]. About 30 s.
 
     .venv/bin/python recipes/width_sweep.py --quick
-    .venv/bin/python recipes/width_sweep.py --from-checkpoints ../shared/data/reference/checkpoints
+    .venv/bin/python recipes/width_sweep.py --from-checkpoints tests/data/reference/checkpoints
 """
 
 from __future__ import annotations
