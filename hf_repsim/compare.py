@@ -28,7 +28,7 @@ from hf_repsim.adapters import QUANT_KINDS, CausalLMAdapter, random_invertible, 
 from hf_repsim.data import load_texts, token_windows
 from hf_repsim.evaluate import EvaluationResult, collect_statistics
 from hf_repsim.loading import LoadedModel, check_same_vocabulary, load_model
-from hf_repsim.measures import MEASURE_KEYS, MeasureConfig, compute_measures
+from hf_repsim.measures import MEASURE_KEYS, MeasureConfig, compute_measures, effective_rank
 
 logger = logging.getLogger(__name__)
 
@@ -129,12 +129,13 @@ def run_compare(config: CompareConfig, accelerator: Accelerator | None = None) -
     check_same_vocabulary(loaded)
     tokenizer = loaded[0].tokenizer
     windows = token_windows(
-        load_texts(config.dataset), tokenizer, seq_len=config.seq_len, max_contexts=config.max_contexts,
+        load_texts(config.dataset),
+        tokenizer,
+        seq_len=config.seq_len,
+        max_contexts=config.max_contexts,
         seed=config.seed,
     )
-    adapters = [
-        CausalLMAdapter(m.model.to(accelerator.device), num_tokens=len(m.tokenizer)) for m in loaded
-    ]
+    adapters = [CausalLMAdapter(m.model.to(accelerator.device), num_tokens=len(m.tokenizer)) for m in loaded]
     hidden = min(a.head.hidden_size for a in adapters)
     if windows.num_contexts < hidden + 1:
         raise ValueError(
@@ -142,8 +143,12 @@ def run_compare(config: CompareConfig, accelerator: Accelerator | None = None) -
             f"from {config.dataset!r}; use a larger data set or raise --max-contexts."
         )
     result = collect_statistics(
-        adapters, windows, batch_size=config.batch_size, accelerator=accelerator,
-        reservoir_size=config.reservoir_size, seed=config.seed,
+        adapters,
+        windows,
+        batch_size=config.batch_size,
+        accelerator=accelerator,
+        reservoir_size=config.reservoir_size,
+        seed=config.seed,
     )
     if not accelerator.is_main_process:
         return None
@@ -156,31 +161,56 @@ def build_report(config, specs, loaded, adapters, windows, result: EvaluationRes
     """Every pair's measures with the provenance of the run, as plain JSON-ready data."""
     heads = [a.head for a in adapters]
     measure_config = config.measure_config()
+    tokenizer = loaded[0].tokenizer
     pairs = []
     for i, j in itertools.combinations(range(len(specs)), 2):
         measures = compute_measures(result.state, heads, (i, j), measure_config)
-        pairs.append({"models": [i, j], "names": [specs[i], specs[j]], "measures": measures.values,
-                      "details": measures.details})
+        details = {
+            **measures.details,
+            "worst_label_tokens": tokenizer.convert_ids_to_tokens(measures.details["worst_labels"]),
+        }
+        pairs.append(
+            {"models": [i, j], "names": [specs[i], specs[j]], "measures": measures.values, "details": details}
+        )
+    covariance = result.state.covariance()
+    spectra = []
+    for k in range(len(specs)):
+        f_slice, _ = result.state.block(k)
+        spectra.append(torch.linalg.eigvalsh(covariance[f_slice, f_slice]).flip(0))
     tokens = int(windows.input_ids.shape[0] * windows.input_ids.shape[1])
-    return _jsonable({
-        "schema_version": REPORT_SCHEMA_VERSION,
-        "models": [
-            {"spec": spec, "source": m.source, "dtype": str(m.model.dtype).removeprefix("torch."), "adapter": a.info}
-            for spec, m, a in zip(specs, loaded, adapters)
-        ],
-        "data": {"dataset": config.dataset, "fingerprint": windows.fingerprint, "seq_len": config.seq_len,
-                 "windows": int(windows.input_ids.shape[0]), "tokens": tokens},
-        "contexts": result.num_contexts,
-        "seconds": result.seconds,
-        "contexts_per_second": result.contexts_per_second,
-        "tokens_per_second": tokens / result.seconds if result.seconds > 0 else None,
-        "reconstruction_errors": result.reconstruction_errors,
-        "seed": config.seed,
-        "config": dataclasses.asdict(config),
-        "versions": versions(),
-        "pairs": pairs,
-        "matrices": measure_matrices(len(specs), pairs),
-    })
+    return _jsonable(
+        {
+            "schema_version": REPORT_SCHEMA_VERSION,
+            "models": [
+                {
+                    "spec": spec,
+                    "source": m.source,
+                    "dtype": str(m.model.dtype).removeprefix("torch."),
+                    "adapter": a.info,
+                    "spectrum": spectrum,
+                    "effective_rank": effective_rank(spectrum),
+                }
+                for spec, m, a, spectrum in zip(specs, loaded, adapters, spectra)
+            ],
+            "data": {
+                "dataset": config.dataset,
+                "fingerprint": windows.fingerprint,
+                "seq_len": config.seq_len,
+                "windows": int(windows.input_ids.shape[0]),
+                "tokens": tokens,
+            },
+            "contexts": result.num_contexts,
+            "seconds": result.seconds,
+            "contexts_per_second": result.contexts_per_second,
+            "tokens_per_second": tokens / result.seconds if result.seconds > 0 else None,
+            "reconstruction_errors": result.reconstruction_errors,
+            "seed": config.seed,
+            "config": dataclasses.asdict(config),
+            "versions": versions(),
+            "pairs": pairs,
+            "matrices": measure_matrices(len(specs), pairs),
+        }
+    )
 
 
 def measure_matrices(k: int, pairs: list[dict]) -> dict[str, list[list[Any]]]:
@@ -207,14 +237,37 @@ def versions() -> dict[str, str]:
     import transformers
 
     return {
-        "hf_repsim": hf_repsim.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-        "datasets": datasets.__version__, "accelerate": accelerate.__version__, "numpy": numpy.__version__,
+        "hf_repsim": hf_repsim.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+        "accelerate": accelerate.__version__,
+        "numpy": numpy.__version__,
         "python": platform.python_version(),
     }
 
 
-TABLE_KEYS = ("kl", "kl_reverse", "js", "d_logit_sq", "d_llv", "t1", "t2", "t3", "t4", "d_svd_f", "d_svd_g", "d_fg",
-              "m_cca_f", "m_cca_g", "d_rep_sq", "bound", "bound_holds", "cka", "procrustes")
+TABLE_KEYS = (
+    "kl",
+    "kl_reverse",
+    "js",
+    "d_logit_sq",
+    "d_llv",
+    "t1",
+    "t2",
+    "t3",
+    "t4",
+    "d_svd_f",
+    "d_svd_g",
+    "d_fg",
+    "m_cca_f",
+    "m_cca_g",
+    "d_rep_sq",
+    "bound",
+    "bound_holds",
+    "cka",
+    "procrustes",
+)
 
 
 def format_pair(pair: dict) -> str:
@@ -222,24 +275,29 @@ def format_pair(pair: dict) -> str:
     values, details = pair["measures"], pair["details"]
     lines = [f"### {pair['names'][0]}  vs  {pair['names'][1]}", "", "| measure | value |", "| --- | --- |"]
     lines += [f"| {key} | {_fmt(values[key])} |" for key in TABLE_KEYS]
-    lines += [
-        "",
+    provenance = (
         f"Pivot label {values['pivot_label']} (of {details['pivot_candidates']} candidates), left out "
         f"{details['left_out_labels']}, {details['degenerate_labels']} degenerate labels excluded; "
         f"d_SVD_f over {details['label_sets']['count']} label sets of {details['label_sets']['size']} "
         f"(seed {details['label_sets']['seed']}); input set of {len(values['input_set'])} contexts from "
-        f"{details['reservoir_contexts']} kept.",
-    ]
-    if details["bound_note"]:
-        lines.append(f"Note: {details['bound_note']}.")
+        f"{details['reservoir_contexts']} kept."
+    )
+    lines += ["", provenance]
+    for note in (details["bound_note"], details["diversity"]["note"]):
+        if note:
+            lines.append(f"Note: {note}.")
     return "\n".join(lines)
 
 
 def write_report(report: dict[str, Any], output: Path) -> None:
     """report.json and report.md in ``output``, each written to a temporary file and renamed."""
     output.mkdir(parents=True, exist_ok=True)
-    md = ["# hf_repsim comparison", "", f"{report['contexts']} contexts of {report['data']['dataset']} "
-          f"({report['contexts_per_second']:.0f} contexts/s).", ""]
+    md = [
+        "# hf_repsim comparison",
+        "",
+        f"{report['contexts']} contexts of {report['data']['dataset']} ({report['contexts_per_second']:.0f} contexts/s).",
+        "",
+    ]
     for m in report["models"]:
         notes = []
         if m["adapter"].get("softcap"):

@@ -149,10 +149,30 @@ def m_svd(cov12: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor) -> torch.
         var2: (..., m) variances of the columns of U_2.
 
     Returns:
-        (...,) values in [0, 1].
+        (...,) values in [0, 1]. A column with zero variance (the diversity condition fails) correlates with
+        nothing: its row or column of the correlation is 0, never NaN.
     """
-    corr = cov12 / (var1.sqrt()[..., :, None] * var2.sqrt()[..., None, :])
+    scale = var1.clamp(min=0).sqrt()[..., :, None] * var2.clamp(min=0).sqrt()[..., None, :]
+    corr = torch.where(scale > 0, cov12 / torch.where(scale > 0, scale, 1), 0)
     return torch.linalg.svdvals(corr).sum(-1) / corr.shape[-1]
+
+
+def effective_rank(eigenvalues: torch.Tensor) -> float:
+    """exp(entropy) of the normalised non-negative eigenvalues: M for an isotropic covariance, 1 for rank one."""
+    weights = eigenvalues.clamp(min=0)
+    if weights.sum() <= 0:
+        return 0.0
+    weights = weights / weights.sum()
+    weights = weights[weights > 0]
+    return float(torch.exp(-(weights * weights.log()).sum()))
+
+
+def condition_number(matrix: torch.Tensor) -> float:
+    """Largest over smallest singular value of each (..., m, n) matrix, the worst over the batch; inf if singular."""
+    singular = torch.linalg.svdvals(matrix)
+    smallest, largest = singular[..., -1], singular[..., 0]
+    ratio = torch.where(smallest > 0, largest / torch.where(smallest > 0, smallest, 1), torch.inf)
+    return float(ratio.max())
 
 
 def mean_canonical_correlation(cov11: torch.Tensor, cov22: torch.Tensor, cov12: torch.Tensor, rcond: float) -> float:
@@ -478,8 +498,11 @@ def _d_svd_g(pair: _Pair, rows: torch.Tensor) -> float:
     return float(1 - m_svd(cov12, var1, var2))
 
 
-def _d_rep_sq(pair: _Pair, pivot_sets: list[tuple[int, list[int]]]) -> float:
-    """Mean over (pivot, label set) of (1/N) sum_n ||f_i(x_n) - A_L f_j(x_n)||^2 with A_L = L_i^{-1} L_j."""
+def _d_rep_sq(pair: _Pair, pivot_sets: list[tuple[int, list[int]]]) -> float | None:
+    """Mean over (pivot, label set) of (1/N) sum_n ||f_i(x_n) - A_L f_j(x_n)||^2 with A_L = L_i^{-1} L_j.
+
+    Label sets whose L_i is singular are skipped; None when all are.
+    """
     n = pair.state.count
     mean_i, mean_j = pair.mean[pair.fi], pair.mean[pair.fj]
     second = pair.cov * ((n - 1) / n)  # raw second moments E[f f^T] = Cov (n-1)/n + mu mu^T
@@ -490,9 +513,12 @@ def _d_rep_sq(pair: _Pair, pivot_sets: list[tuple[int, list[int]]]) -> float:
     for pivot, labels in pivot_sets:
         l_i = pair.g_i[labels] - pair.g_i[pivot]
         l_j = pair.g_j[labels] - pair.g_j[pivot]
-        align = torch.linalg.solve(l_i, l_j)  # (M, M)
+        try:
+            align = torch.linalg.solve(l_i, l_j)  # (M, M)
+        except torch.linalg.LinAlgError:  # a singular label set: the diversity condition fails there
+            continue
         values.append(torch.trace(s_ii) - 2 * torch.trace(align @ s_ij.T) + torch.trace(align @ s_jj @ align.T))
-    return float(torch.stack(values).mean())
+    return float(torch.stack(values).mean()) if values else None
 
 
 # ---------------------------------------------------------------------------------------------- entry point
@@ -539,6 +565,7 @@ def compute_measures(
         )
     label_sets = _subsets(choice.eligible, p.m, config.num_label_sets, rng)
     d_svd_f_all = _d_svd_f(p, choice.pivot, label_sets)
+    diversity = _diversity(p, choice.pivot, label_sets, rows, config)
     d_svd_f, d_svd_g = float(d_svd_f_all.max()), _d_svd_g(p, rows)
     d_fg = max(d_svd_f, d_svd_g)
     d_rep_sq = None
@@ -590,10 +617,42 @@ def compute_measures(
         "worst_labels": [choice.eligible[k] for k in torch.argsort(choice.terms, descending=True)[:10].tolist()],
         "input_term_quantiles": _quantiles(input_terms),
         "input_search": search,
+        "diversity": diversity,
         "reservoir_contexts": int(state.reservoir_ids.numel()),
         "config": asdict(config),
     }
     return Measures(values=values, details=details)
+
+
+def _diversity(
+    pair: _Pair, pivot: int, label_sets: list[list[int]], rows: torch.Tensor, config: MeasureConfig
+) -> dict[str, Any]:
+    """Whether the diversity condition holds: condition numbers of the label and input difference matrices.
+
+    The label side needs g(y_i) - g(y_0) linearly independent for the label sets, the input side
+    f(x_i) - f(x_0) for the input set; a condition number at or beyond 1 / cca_rcond counts as singular.
+    """
+    sets = torch.tensor(label_sets)
+    label_cond = max(
+        condition_number(pair.g_i[sets] - pair.g_i[pivot]), condition_number(pair.g_j[sets] - pair.g_j[pivot])
+    )
+    f_i, f_j = pair.reservoir_f_i, pair.reservoir_f_j
+    input_cond = max(condition_number(f_i[rows[1:]] - f_i[rows[0]]), condition_number(f_j[rows[1:]] - f_j[rows[0]]))
+    limit = 1 / config.cca_rcond
+    failing = [name for name, cond in (("label", label_cond), ("input", input_cond)) if not cond < limit]
+    note = None
+    if failing:
+        note = (
+            f"the diversity condition fails on the {' and '.join(failing)} side (condition number >= {limit:.0e}): "
+            "the representations are rank-deficient, identifiability does not hold, and d_svd, m_cca and d_rep "
+            "then describe the span that is there, not a unique linear relation"
+        )
+    return {
+        "label_set_condition": label_cond if math.isfinite(label_cond) else None,
+        "input_set_condition": input_cond if math.isfinite(input_cond) else None,
+        "holds": not failing,
+        "note": note,
+    }
 
 
 def _m_cca_g(pair: _Pair, rcond: float) -> float:
@@ -606,9 +665,9 @@ def _pivot_sets(num_labels: int, m: int, limit: int, rng: np.random.Generator) -
     """(pivot, label set) pairs for d_rep: all of them when there are at most ``limit``, else ``limit`` sampled."""
     if num_labels * math.comb(num_labels - 1, m) <= limit:
         return [
-            (y0, list(s)) for y0 in range(num_labels) for s in itertools.combinations(
-                [y for y in range(num_labels) if y != y0], m
-            )
+            (y0, list(s))
+            for y0 in range(num_labels)
+            for s in itertools.combinations([y for y in range(num_labels) if y != y0], m)
         ]
     pairs = []
     for _ in range(limit):
