@@ -25,6 +25,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, position
             continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         flag = "--" + f.name.replace("_", "-")
+        if type(None) in typing.get_args(hint):  # X | None: an optional X, unset by default
+            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
         if hint is bool:
             parser.add_argument(flag, action="store_true", help=help_text)
         elif typing.get_origin(hint) is typing.Literal:

@@ -60,8 +60,14 @@ class CompareConfig:
     num_samples: int = field(default=200, metadata={"help": "random input sets tried for t2"})
     lam: float = field(default=1e-5, metadata={"help": "weight of the scale terms of d_LLV"})
     trust_remote_code: bool = field(default=False, metadata={"help": "run a model repository's own code"})
+    checkpoint_every: int | None = field(default=None, metadata={"help": "save the state every N batches"})
+    resume: str | None = field(default=None, metadata={"help": "continue the run in this output folder"})
 
     def __post_init__(self) -> None:
+        if self.resume is not None:
+            self.output = self.resume
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ValueError(f"Expected --checkpoint-every >= 1, got {self.checkpoint_every}.")
         for name in ("max_contexts", "batch_size", "reservoir_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Expected --{name.replace('_', '-')} >= 1, got {getattr(self, name)}.")
@@ -142,6 +148,13 @@ def run_compare(config: CompareConfig, accelerator: Accelerator | None = None) -
             f"Expected at least M + 1 = {hidden + 1} contexts (M is the hidden size), got {windows.num_contexts} "
             f"from {config.dataset!r}; use a larger data set or raise --max-contexts."
         )
+    fingerprint = {
+        "models": specs,
+        "data": windows.fingerprint,
+        "dtype": config.dtype,
+        "seed": config.seed,
+        "reservoir_size": config.reservoir_size,
+    }
     result = collect_statistics(
         adapters,
         windows,
@@ -149,6 +162,10 @@ def run_compare(config: CompareConfig, accelerator: Accelerator | None = None) -
         accelerator=accelerator,
         reservoir_size=config.reservoir_size,
         seed=config.seed,
+        checkpoint_dir=output,
+        checkpoint_every=config.checkpoint_every,
+        resume=config.resume is not None,
+        fingerprint=fingerprint,
     )
     if not accelerator.is_main_process:
         return None

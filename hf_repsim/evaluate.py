@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -19,6 +20,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from hf_repsim.adapters import CausalLMAdapter
+from hf_repsim.checkpoint import load_checkpoint, save_checkpoint
 from hf_repsim.data import ContextWindows
 from hf_repsim.stats import RepSimState
 
@@ -57,6 +59,10 @@ def collect_statistics(
     reservoir_size: int = 4096,
     seed: int = 0,
     progress: bool = True,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    fingerprint: dict | None = None,
 ) -> EvaluationResult:
     """Run every batch of windows through each model once and feed the statistics.
 
@@ -68,6 +74,10 @@ def collect_statistics(
         reservoir_size: contexts kept for the input side of the measures.
         seed: seed of the reservoir.
         progress: show a progress bar (main process only).
+        checkpoint_dir: the run folder for checkpoints (see :mod:`hf_repsim.checkpoint`).
+        checkpoint_every: save the state every this many batches (None: never).
+        resume: continue from the checkpoint in ``checkpoint_dir`` instead of starting afresh.
+        fingerprint: what identifies the run (models, data, settings): a checkpoint of another run is refused.
 
     Returns:
         An :class:`EvaluationResult`; its state is merged over all processes on the main process.
@@ -82,6 +92,12 @@ def collect_statistics(
     if len(num_labels) != 1:
         raise ValueError(f"Expected all models to have the same number of labels, got {sorted(num_labels)}.")
     state = RepSimState([a.head.hidden_size for a in adapters], num_labels.pop(), reservoir_size, seed)
+    fingerprint = {**(fingerprint or {}), "processes": accelerator.num_processes, "batch_size": batch_size}
+    done = 0
+    if resume:
+        progress_so_far = load_checkpoint(checkpoint_dir, accelerator.process_index, fingerprint)
+        state, done = progress_so_far.state, progress_so_far.batches_done
+        logger.info("Resuming after %d batches (%d contexts) from %s", done, state.count, checkpoint_dir)
     seq_len = windows.input_ids.shape[1]
     all_windows = list(range(windows.input_ids.shape[0]))
     forward_calls = [0] * len(adapters)
@@ -91,9 +107,15 @@ def collect_statistics(
         mine = list(mine)
         local_contexts = int(windows.context_mask[mine].sum()) if mine else 0
         bar = tqdm(
-            total=local_contexts, unit="ctx", desc="contexts", disable=not (progress and accelerator.is_main_process)
+            total=local_contexts,
+            initial=state.count,
+            unit="ctx",
+            desc="contexts",
+            disable=not (progress and accelerator.is_main_process),
         )
-        for first in range(0, len(mine), batch_size):
+        for batch_index, first in enumerate(range(0, len(mine), batch_size)):
+            if batch_index < done:
+                continue
             rows = torch.tensor(mine[first : first + batch_size])
             input_ids = windows.input_ids[rows].to(accelerator.device)  # (batch, seq)
             mask = windows.context_mask[rows]  # (batch, seq)
@@ -107,6 +129,8 @@ def collect_statistics(
             state.update(features, logits, context_ids=positions[mask])
             bar.update(int(mask.sum()))
             bar.set_postfix_str(f"{bar.format_dict['rate'] or 0:.0f} ctx/s", refresh=False)
+            if checkpoint_every and (batch_index + 1) % checkpoint_every == 0:
+                save_checkpoint(checkpoint_dir, accelerator.process_index, state, batch_index + 1, fingerprint)
         bar.close()
     seconds = time.perf_counter() - start
 
