@@ -1,6 +1,7 @@
 """hf_repsim: are two language models with close output distributions similar inside?"""
 
 from hf_repsim.api import compare_representations
+from hf_repsim.callback import RepSimCallback
 from hf_repsim.heads import Head
 from hf_repsim.measures import MEASURE_KEYS, MeasureConfig, Measures, compute_measures
 from hf_repsim.stats import RepSimState
@@ -10,6 +11,7 @@ __all__ = [
     "Head",
     "MeasureConfig",
     "Measures",
+    "RepSimCallback",
     "RepSimState",
     "compare_representations",
     "compute_measures",
