@@ -75,6 +75,7 @@ class CompareConfig:
             raise ValueError(f"Expected --seq-len >= 2 (one token of context and one to predict), got {self.seq_len}.")
         if self.dtype not in get_args(DType):
             raise ValueError(f"Expected --dtype in {get_args(DType)}, got {self.dtype!r}.")
+        self.measure_config()  # checks the measure settings now, before any model runs
 
     def measure_config(self) -> MeasureConfig:
         return MeasureConfig(
@@ -121,6 +122,17 @@ def load_specs(specs: Sequence[str], config: CompareConfig) -> list[LoadedModel]
     return loaded
 
 
+def check_finite_weights(loaded: LoadedModel) -> None:
+    """Refuse a model with NaN or infinite weights before any forward pass, naming the first such tensor."""
+    for name, tensor in itertools.chain(loaded.model.named_parameters(), loaded.model.named_buffers()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(
+                f"Expected finite weights in {loaded.name!r}, got {bad} NaN or infinite values in {name!r}; the "
+                f"checkpoint is damaged or was saved after a diverged training step. Use another checkpoint."
+            )
+
+
 def run_compare(config: CompareConfig, accelerator: Accelerator | None = None) -> dict[str, Any] | None:
     """Run a whole comparison and write its report. Returns the report on the main process, else None."""
     accelerator = accelerator or Accelerator()
@@ -132,6 +144,8 @@ def run_compare(config: CompareConfig, accelerator: Accelerator | None = None) -
         _check_writable(output)
 
     loaded = load_specs(specs, config)
+    for m in loaded:
+        check_finite_weights(m)
     check_same_vocabulary(loaded)
     tokenizer = loaded[0].tokenizer
     windows = token_windows(
