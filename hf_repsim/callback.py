@@ -12,7 +12,8 @@ every reporter (TensorBoard, W&B, MLflow, ...). Adding keys to the ``logs`` dict
 late: ``Trainer.log`` has already copied the dict into ``log_history``, and the reporters, registered before any
 user callback, have already run. So the callback keeps the Trainer given to :meth:`RepSimCallback.attach` and calls
 ``trainer.log(metrics)`` itself, on the main process only: its measures travel the same path as the Trainer's own
-loss. A callback that was never attached still appends its entries to ``state.log_history`` (in the form
+loss. (``trainer.log`` clears ``control.should_log``; the callback sets it back, so a Trainer log due at the same
+step still happens.) A callback that was never attached still appends its entries to ``state.log_history`` (in the form
 ``Trainer.log`` uses), but reporters do not see them; it warns once.
 
 Example:
@@ -150,15 +151,15 @@ class RepSimCallback(TrainerCallback):
                 f"Expected eval_windows with at least hidden + 1 = {hidden + 1} contexts (the input diversity "
                 f"condition needs them), got {self.eval_windows.num_contexts}; pass more or longer windows."
             )
-        self._measure(args, state, model)
+        self._measure(state, control, model)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every_n_steps == 0 or state.global_step == state.max_steps:
-            self._measure(args, state, _unwrap(model))
+            self._measure(state, control, _unwrap(model))
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         # Training stopped before a measured step (early stopping): measure where it ended.
-        self._measure(args, state, _unwrap(model))
+        self._measure(state, control, _unwrap(model))
 
     # ------------------------------------------------------------------ work
     def _frozen_reference(self, model: nn.Module) -> nn.Module:
@@ -171,7 +172,7 @@ class RepSimCallback(TrainerCallback):
             reference.to(device)
         return reference
 
-    def _measure(self, args, state, model: nn.Module) -> None:
+    def _measure(self, state, control, model: nn.Module) -> None:
         """One comparison of ``model`` with the reference at ``state.global_step``, logged on the main process."""
         if self._last_step == state.global_step:
             return
@@ -191,7 +192,7 @@ class RepSimCallback(TrainerCallback):
             ", ".join(f"{key} {value:.4g}" for key, value in metrics.items()),
             self.history[-1]["seconds"],
         )
-        self._log(state, metrics)
+        self._log(state, control, metrics)
 
     def _statistics(self, model: nn.Module):
         """Both models over the windows, in eval mode without gradients; every module's training flag restored."""
@@ -225,10 +226,13 @@ class RepSimCallback(TrainerCallback):
             accelerator = self._default_accelerator
         return accelerator
 
-    def _log(self, state, metrics: dict[str, float]) -> None:
+    def _log(self, state, control, metrics: dict[str, float]) -> None:
         """Through ``trainer.log`` when attached; else straight into ``state.log_history`` (no reporter sees it)."""
         if self._trainer is not None:
+            # trainer.log resets control.should_log (CallbackHandler.on_log): keep the Trainer's own pending log.
+            should_log = control.should_log
             self._trainer.log(dict(metrics))
+            control.should_log = should_log
             return
         if not self._warned_unattached:
             self._warned_unattached = True
