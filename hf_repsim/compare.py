@@ -3,11 +3,13 @@
 Model specs are what :func:`hf_repsim.loading.load_model` takes (an alias, a folder, a .gguf file or a
 cached hub id), optionally followed by a derivation: ``SPEC@reparam`` (the same distribution in other
 coordinates, :func:`hf_repsim.adapters.reparametrize` with a seeded A of condition number 100) or
-``SPEC@q4_0`` (and ``@q8_0``, ``@q4_1``, ``@q5_0``: :func:`hf_repsim.adapters.requantize`).
+``SPEC@q4_0`` (and ``@q8_0``, ``@q4_1``, ``@q5_0``: :func:`hf_repsim.adapters.requantize`), or ``SPEC@bfloat16``
+(and ``@float16``, ``@float32``, ``@float64``: the same weights in another dtype).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import json
@@ -33,7 +35,8 @@ from hf_repsim.measures import MEASURE_KEYS, MeasureConfig, compute_measures, ef
 logger = logging.getLogger(__name__)
 
 DEMO_MODELS = ("smollm2-135m-instruct", "smollm2-135m-instruct@reparam", "smollm2-135m-instruct@q4_0")
-DERIVATIONS = ("reparam", *QUANT_KINDS)
+CASTS = ("float32", "float64", "bfloat16", "float16")
+DERIVATIONS = ("reparam", *QUANT_KINDS, *CASTS)
 DType = Literal["auto", "float32", "float64", "bfloat16", "float16"]
 REPORT_SCHEMA_VERSION = 1
 
@@ -111,7 +114,9 @@ def load_specs(specs: Sequence[str], config: CompareConfig) -> list[LoadedModel]
         if not derivation:
             loaded.append(base)
             continue
-        if derivation == "reparam":
+        if derivation in CASTS:
+            model = copy.deepcopy(base.model).to(getattr(torch, derivation))
+        elif derivation == "reparam":
             hidden = base.model.get_output_embeddings().weight.shape[1]
             a = random_invertible(hidden, REPARAM_CONDITION, config.seed, dtype=base.model.dtype)
             model = reparametrize(base.model, a)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from hf_repsim.adapters import CausalLMAdapter
+from hf_repsim.compare import CompareConfig, run_compare
 from hf_repsim.data import load_texts, token_windows
 from hf_repsim.evaluate import collect_statistics
 from hf_repsim.loading import load_model
@@ -88,3 +89,19 @@ def test_k_models_in_one_pass_equal_separate_pairs_with_one_forward_per_batch(wo
         separate = compute_measures(pair.state, [adapters[n].head for n in names], config=config).values
         together = compute_measures(joint.state, heads, (i, j), config).values
         assert_close_values(separate, together, K_MODELS_RTOL)
+
+
+def test_bfloat16_model_against_float32_stays_close_and_finite(tmp_path):
+    text = corpus()
+    (tmp_path / "text.txt").write_text(text)
+    save_tiny(tmp_path / "m", text, seed=0)
+    config = CompareConfig(
+        models=[str(tmp_path / "m"), f"{tmp_path / 'm'}@bfloat16"], dataset=str(tmp_path / "text.txt"),
+        max_contexts=200, seq_len=16, num_samples=20, output=str(tmp_path / "out"),
+    )
+    report = run_compare(config)
+    assert [m["dtype"] for m in report["models"]] == ["float32", "bfloat16"]
+    values = report["pairs"][0]["measures"]
+    assert values["kl"] < 1e-3
+    assert all(math.isfinite(v) for v in values.values() if isinstance(v, float))
+    assert bool(torch.isfinite(torch.tensor(report["models"][1]["spectrum"])).all())
