@@ -326,7 +326,11 @@ def format_pair(pair: dict) -> str:
 
 
 def write_report(report: dict[str, Any], output: Path) -> None:
-    """report.json and report.md in ``output``, each written to a temporary file and renamed."""
+    """report.json, report.md, report.html and one heatmap per measure in ``output``.
+
+    The JSON and Markdown views are written to a temporary file and renamed; the HTML view and the heatmaps need
+    matplotlib (the ``plots`` extra) and are skipped with a warning without it.
+    """
     output.mkdir(parents=True, exist_ok=True)
     md = [
         "# hf_repsim comparison",
@@ -343,6 +347,13 @@ def write_report(report: dict[str, Any], output: Path) -> None:
     md += [format_pair(p) + "\n" for p in report["pairs"]]
     _atomic_write(output / "report.json", json.dumps(report, indent=2, allow_nan=False))
     _atomic_write(output / "report.md", "\n".join(md))
+    try:
+        from hf_repsim.report import write_heatmaps, write_html
+
+        write_html(report, output / "report.html")
+        write_heatmaps(report, output)
+    except ImportError as error:
+        logger.warning("No report.html or heatmaps: %s", error)
 
 
 def _atomic_write(path: Path, text: str) -> None:

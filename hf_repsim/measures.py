@@ -284,6 +284,9 @@ class _Pair:
         factor = psd_factor(cov)
         self.g_i, self.b_i = _head64(heads[i], self.m_i, state.num_labels)
         self.g_j, self.b_j = _head64(heads[j], self.m_j, state.num_labels)
+        self.duplicates = _duplicate_rows(torch.cat([self.g_i, self.b_i[:, None]], 1)) | _duplicate_rows(
+            torch.cat([self.g_j, self.b_j[:, None]], 1)
+        )
         minus_one = -torch.ones(state.num_labels, 1, dtype=torch.float64)
         self.e_i = torch.cat([self.g_i, minus_one], 1) @ factor[: self.m_i + 1]  # (V, D)
         self.e_j = torch.cat([self.g_j, minus_one], 1) @ factor[self.m_i + 1 :]  # (V, D)
@@ -298,6 +301,15 @@ class _Pair:
         self.h_i = torch.cat([phi[:, self.fi], one], 1) @ gamma_factor[: self.m_i + 1]  # (R, D)
         self.h_j = torch.cat([phi[:, self.fj], one], 1) @ gamma_factor[self.m_i + 1 :]  # (R, D)
         self.reservoir_f_i, self.reservoir_f_j = phi[:, self.fi], phi[:, self.fj]
+
+
+def _duplicate_rows(rows: torch.Tensor) -> torch.Tensor:
+    """(V,) bool: True for a row equal to an earlier row (never-trained vocabulary rows often share one value)."""
+    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    first = torch.full((rows.shape[0],), rows.shape[0], dtype=torch.int64).scatter_reduce(
+        0, inverse, torch.arange(rows.shape[0]), reduce="amin"
+    )
+    return first[inverse] != torch.arange(rows.shape[0])
 
 
 def _head64(head: Head, hidden: int, num_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -363,14 +375,21 @@ class _LabelChoice:
     scales: torch.Tensor  # (len(eligible),) S
 
 
-def _choose_labels(pivot: int, label_terms: Sequence[torch.Tensor], config: MeasureConfig) -> _LabelChoice:
-    """Given s_i, s_j, R, P of every label for one pivot: the degenerate and left-out labels, t1 and t3."""
+def _choose_labels(
+    pivot: int, label_terms: Sequence[torch.Tensor], duplicates: torch.Tensor, config: MeasureConfig
+) -> _LabelChoice:
+    """Given s_i, s_j, R, P of every label for one pivot: the degenerate and left-out labels, t1 and t3.
+
+    Degenerate: a log-ratio scale at or below ``degenerate_tol`` times the median, or a row of g (and b) repeating an
+    earlier label's in either model (``duplicates``: such labels are one label twice, and would make label sets
+    singular).
+    """
     s_i, s_j, r, p = label_terms
     labels = torch.arange(s_i.shape[0])
     others = labels != pivot
     floor_i = config.degenerate_tol * s_i[others].median()
     floor_j = config.degenerate_tol * s_j[others].median()
-    degenerate = others & ((s_i <= floor_i) | (s_j <= floor_j))
+    degenerate = others & ((s_i <= floor_i) | (s_j <= floor_j) | duplicates)
     usable = others & ~degenerate
     terms = torch.maximum(r, p)
     if config.left_out_label is not None:
@@ -414,9 +433,12 @@ def _search_labels(pair: _Pair, config: MeasureConfig) -> tuple[_LabelChoice, in
     finalists = candidates
     if len(candidates) > config.refine:
         screened = _screened_label_terms(pair, candidates)
-        t1 = [_choose_labels(y0, [t[:, k] for t in screened], config).t1 for k, y0 in enumerate(candidates)]
+        t1 = [
+            _choose_labels(y0, [t[:, k] for t in screened], pair.duplicates, config).t1
+            for k, y0 in enumerate(candidates)
+        ]
         finalists = sorted(candidates[k] for k in np.argsort(t1, kind="stable")[: config.refine])
-    choices = [_choose_labels(y0, _exact_label_terms(pair, y0), config) for y0 in finalists]
+    choices = [_choose_labels(y0, _exact_label_terms(pair, y0), pair.duplicates, config) for y0 in finalists]
     best = min(range(len(choices)), key=lambda k: (choices[k].t1, choices[k].pivot))
     return choices[best], len(candidates)
 
@@ -570,7 +592,8 @@ def compute_measures(
     d_fg = max(d_svd_f, d_svd_g)
     d_rep_sq = None
     if p.m_i == p.m_j:
-        d_rep_sq = _d_rep_sq(p, _pivot_sets(state.num_labels, p.m, config.num_label_sets, rng))
+        distinct = torch.nonzero(~p.duplicates).flatten().tolist()
+        d_rep_sq = _d_rep_sq(p, _pivot_sets(distinct, p.m, config.num_label_sets, rng))
 
     cov = p.cov
     same_width = p.m_i == p.m_j
@@ -661,17 +684,13 @@ def _m_cca_g(pair: _Pair, rcond: float) -> float:
     return mean_canonical_correlation(gamma[gi, gi], gamma[gj, gj], gamma[gi, gj], rcond)
 
 
-def _pivot_sets(num_labels: int, m: int, limit: int, rng: np.random.Generator) -> list[tuple[int, list[int]]]:
-    """(pivot, label set) pairs for d_rep: all of them when there are at most ``limit``, else ``limit`` sampled."""
-    if num_labels * math.comb(num_labels - 1, m) <= limit:
-        return [
-            (y0, list(s))
-            for y0 in range(num_labels)
-            for s in itertools.combinations([y for y in range(num_labels) if y != y0], m)
-        ]
+def _pivot_sets(pool: list[int], m: int, limit: int, rng: np.random.Generator) -> list[tuple[int, list[int]]]:
+    """(pivot, label set) pairs from ``pool`` for d_rep: all of them when there are at most ``limit``, else sampled."""
+    if len(pool) * math.comb(len(pool) - 1, m) <= limit:
+        return [(y0, list(s)) for y0 in pool for s in itertools.combinations([y for y in pool if y != y0], m)]
     pairs = []
     for _ in range(limit):
-        chosen = rng.choice(num_labels, m + 1, replace=False)
+        chosen = rng.choice(pool, m + 1, replace=False)
         pairs.append((int(chosen[0]), sorted(chosen[1:].tolist())))
     return pairs
 

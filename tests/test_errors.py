@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from hf_repsim import MeasureConfig, compare_representations
+from hf_repsim import Head, MeasureConfig, RepSimState, compare_representations, compute_measures
 from hf_repsim.constructions import perturbation_pair
 
 
@@ -75,3 +76,16 @@ def test_different_hidden_sizes_give_distributional_measures_and_no_bound():
     assert out["kl"] > 0 and 0 <= out["d_svd_f"] <= 1
     assert out["bound"] is None and out["bound_holds"] is None and out["d_rep_sq"] is None
     assert len(out["input_set"]) == 4  # min(M1, M2) + 1
+
+
+def test_repeated_label_rows_are_excluded_counted_and_keep_the_label_sets_diverse():
+    f1, g1, f2, g2 = perturbation_pair(30, 3, num_contexts=300, scale=0.2, seed=0)
+    for g in (g1, g2):
+        g[[5, 7]] = g[4]  # never-trained rows often share one value
+    state = RepSimState([3, 3], 30, reservoir_size=300)
+    f1, g1, f2, g2 = (torch.from_numpy(a) for a in (f1, g1, f2, g2))
+    state.update([f1, f2], [f1 @ g1.T, f2 @ g2.T])
+    out = compute_measures(state, [Head(g1), Head(g2)], config=MeasureConfig(num_samples=20))
+    assert {5, 7} <= set(out.details["degenerate_label_ids"]) and 4 not in out.details["degenerate_label_ids"]
+    assert out.details["diversity"]["holds"] is True
+    assert out.values["d_rep_sq"] is not None and np.isfinite(out.values["d_rep_sq"])
