@@ -587,7 +587,8 @@ def compute_measures(
         )
     label_sets = _subsets(choice.eligible, p.m, config.num_label_sets, rng)
     d_svd_f_all = _d_svd_f(p, choice.pivot, label_sets)
-    diversity = _diversity(p, choice.pivot, label_sets, rows, config)
+    worst_set = label_sets[int(d_svd_f_all.argmax())]
+    diversity = _diversity(p, choice.pivot, worst_set, rows, config)
     d_svd_f, d_svd_g = float(d_svd_f_all.max()), _d_svd_g(p, rows)
     d_fg = max(d_svd_f, d_svd_g)
     d_rep_sq = None
@@ -648,14 +649,14 @@ def compute_measures(
 
 
 def _diversity(
-    pair: _Pair, pivot: int, label_sets: list[list[int]], rows: torch.Tensor, config: MeasureConfig
+    pair: _Pair, pivot: int, label_set: list[int], rows: torch.Tensor, config: MeasureConfig
 ) -> dict[str, Any]:
     """Whether the diversity condition holds: condition numbers of the label and input difference matrices.
 
-    The label side needs g(y_i) - g(y_0) linearly independent for the label sets, the input side
-    f(x_i) - f(x_0) for the input set; a condition number at or beyond 1 / cca_rcond counts as singular.
+    The label side needs g(y_i) - g(y_0) linearly independent for the label set (the one behind d_svd_f), the input
+    side f(x_i) - f(x_0) for the input set; a condition number at or beyond 1 / cca_rcond counts as singular.
     """
-    sets = torch.tensor(label_sets)
+    sets = torch.tensor([label_set])
     label_cond = max(
         condition_number(pair.g_i[sets] - pair.g_i[pivot]), condition_number(pair.g_j[sets] - pair.g_j[pivot])
     )
