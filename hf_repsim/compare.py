@@ -283,27 +283,8 @@ def versions() -> dict[str, str]:
     }
 
 
-TABLE_KEYS = (
-    "kl",
-    "kl_reverse",
-    "js",
-    "d_logit_sq",
-    "d_llv",
-    "t1",
-    "t2",
-    "t3",
-    "t4",
-    "d_svd_f",
-    "d_svd_g",
-    "d_fg",
-    "m_cca_f",
-    "m_cca_g",
-    "d_rep_sq",
-    "bound",
-    "bound_holds",
-    "cka",
-    "procrustes",
-)
+#: The measures shown in a pair's table; the label and input choices go in the provenance line below it.
+TABLE_KEYS = tuple(key for key in MEASURE_KEYS if key not in ("pivot_label", "left_out_label", "input_set"))
 
 
 def format_pair(pair: dict) -> str:
