@@ -32,33 +32,51 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from accelerate import Accelerator  # noqa: E402
+from accelerate import Accelerator
 
-from hf_repsim.adapters import CausalLMAdapter  # noqa: E402
-from hf_repsim.compare import CompareConfig, load_specs  # noqa: E402
-from hf_repsim.data import ContextWindows, load_texts, token_windows  # noqa: E402
-from hf_repsim.evaluate import collect_statistics  # noqa: E402
-from hf_repsim.loading import check_same_vocabulary  # noqa: E402
-from hf_repsim.measures import compute_measures  # noqa: E402
-from hf_repsim.stats import RepSimState  # noqa: E402
+from hf_repsim.adapters import CausalLMAdapter
+from hf_repsim.compare import CompareConfig, load_specs
+from hf_repsim.data import ContextWindows, load_texts, token_windows
+from hf_repsim.evaluate import collect_statistics
+from hf_repsim.loading import check_same_vocabulary
+from hf_repsim.measures import compute_measures
+from hf_repsim.stats import RepSimState
 
 TARGET = 1.15
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs=2, default=["smollm2-135m-instruct", "smollm2-135m-instruct@reparam"],
-                        help="two model specs (as hf-repsim compare takes them)")
+    parser.add_argument(
+        "--models",
+        nargs=2,
+        default=["smollm2-135m-instruct", "smollm2-135m-instruct@reparam"],
+        help="two model specs (as hf-repsim compare takes them)",
+    )
     parser.add_argument("--dataset", default="canterbury")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--max-contexts", type=int, default=8192)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float64", "bfloat16", "float16"],
-                        help="model weights dtype (statistics stay float64)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "float64", "bfloat16", "float16"],
+        help="model weights dtype (statistics stay float64)",
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda[:i]")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--profile", action="store_true",
-                        help="after the timed passes, run the hf_repsim route once more under cProfile and print it")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads for both routes (default: torch's choice); on a shared CPU, 1 "
+        "avoids OpenMP oversubscription, which slows LAPACK calls (svdvals, eigh) by 10-100x",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the timed passes, run the hf_repsim route once more under cProfile and print it",
+    )
     return parser.parse_args(argv)
 
 
@@ -118,8 +136,9 @@ def batches(windows: ContextWindows, batch_size: int) -> list[torch.Tensor]:
     return [windows.input_ids[s : s + batch_size] for s in range(0, windows.input_ids.shape[0], batch_size)]
 
 
-def bare_pass(models: Sequence[torch.nn.Module], input_batches: list[torch.Tensor], device: torch.device,
-              clock: Clock) -> float:
+def bare_pass(
+    models: Sequence[torch.nn.Module], input_batches: list[torch.Tensor], device: torch.device, clock: Clock
+) -> float:
     """Forward passes of every model over every batch, no hooks, output dropped: seconds."""
     start = clock.now()
     with torch.no_grad():
@@ -130,16 +149,20 @@ def bare_pass(models: Sequence[torch.nn.Module], input_batches: list[torch.Tenso
     return clock.now() - start
 
 
-def hf_repsim_pass(loaded, windows: ContextWindows, args: argparse.Namespace, accelerator: Accelerator,
-                   clock: Clock):
+def hf_repsim_pass(loaded, windows: ContextWindows, args: argparse.Namespace, accelerator: Accelerator, clock: Clock):
     """collect_statistics then compute_measures; returns (seconds of each part, measures)."""
     config = CompareConfig(models=list(args.models), seed=args.seed)
     start = clock.now()
     adapters = [CausalLMAdapter(m.model, num_tokens=len(m.tokenizer)) for m in loaded]
     try:
-        result = collect_statistics([TimedAdapter(a, clock) for a in adapters], windows,
-                                    batch_size=args.batch_size, accelerator=accelerator, seed=args.seed,
-                                    progress=False)
+        result = collect_statistics(
+            [TimedAdapter(a, clock) for a in adapters],
+            windows,
+            batch_size=args.batch_size,
+            accelerator=accelerator,
+            seed=args.seed,
+            progress=False,
+        )
         collected = clock.now()
         measures = compute_measures(result.state, [a.head for a in adapters], (0, 1), config.measure_config())
         done = clock.now()
@@ -151,6 +174,8 @@ def hf_repsim_pass(loaded, windows: ContextWindows, args: argparse.Namespace, ac
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     accelerator = Accelerator(cpu=device.type == "cpu")
     if accelerator.device.type != device.type:
@@ -161,8 +186,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     check_same_vocabulary(loaded)
     for m in loaded:
         m.model.to(device)
-    windows = token_windows(load_texts(args.dataset), loaded[0].tokenizer, seq_len=args.seq_len,
-                            max_contexts=args.max_contexts, seed=args.seed)
+    windows = token_windows(
+        load_texts(args.dataset),
+        loaded[0].tokenizer,
+        seq_len=args.seq_len,
+        max_contexts=args.max_contexts,
+        seed=args.seed,
+    )
     input_batches = batches(windows, args.batch_size)
     models = [m.model for m in loaded]
     clock = Clock(device)
@@ -170,11 +200,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Warm-up (not timed): one batch through each model, so that neither route pays first-call costs.
     bare_pass(models, input_batches[:1], device, clock)
 
+    load_before = os.getloadavg()[0]
     bare_before = bare_pass(models, input_batches, device, clock)
     with timed_internals(models, clock):
         parts, measures = hf_repsim_pass(loaded, windows, args, accelerator, clock)
     bare_after = bare_pass(models, input_batches, device, clock)
     report(args, windows, input_batches, device, models, clock, parts, measures, bare_before, bare_after)
+    print(
+        f"1-minute load average of the machine (other users included): {load_before:.2f} before the timed passes, "
+        f"{os.getloadavg()[0]:.2f} after; {os.cpu_count()} CPUs"
+    )
 
     if args.profile:
         profile = cProfile.Profile()
@@ -196,10 +231,14 @@ def report(args, windows, input_batches, device, models, clock, parts, measures,
     loop_rest = parts["collect"] - clock.seconds["adapter call"] - update
     dtype = str(models[0].dtype).removeprefix("torch.")
     print(f"models={args.models} dtype={dtype} device={device} threads={torch.get_num_threads()}")
-    print(f"contexts={contexts} windows={windows.input_ids.shape[0]} seq_len={args.seq_len} "
-          f"batch_size={args.batch_size} batches={len(input_batches)} forward calls per route={2 * len(input_batches)}")
+    print(
+        f"contexts={contexts} windows={windows.input_ids.shape[0]} seq_len={args.seq_len} "
+        f"batch_size={args.batch_size} batches={len(input_batches)} forward calls per route={2 * len(input_batches)}"
+    )
     print(f"bare forward passes, before:          {bare_before:9.2f} s")
-    print(f"bare forward passes, after:           {bare_after:9.2f} s   (after / before {bare_after / bare_before:.3f})")
+    print(
+        f"bare forward passes, after:           {bare_after:9.2f} s   (after / before {bare_after / bare_before:.3f})"
+    )
     print(f"hf_repsim route total:                {parts['total']:9.2f} s")
     print(f"  collect_statistics:                 {parts['collect']:9.2f} s")
     print(f"    model forward (inside adapters):  {forward:9.2f} s   ({clock.calls['model forward']} calls)")
@@ -208,13 +247,16 @@ def report(args, windows, input_batches, device, models, clock, parts, measures,
     print(f"    loop rest (masks, ids, merge):    {loop_rest:9.2f} s")
     print(f"  compute_measures:                   {parts['measures']:9.2f} s")
     print(f"contexts per second: hf_repsim {contexts / parts['total']:.1f}, bare forward {contexts / bare:.1f}")
-    print(f"ratio hf_repsim / bare forward (mean of before and after): {parts['total'] / bare:.3f}  "
-          f"(target <= {TARGET})")
+    print(
+        f"ratio hf_repsim / bare forward (mean of before and after): {parts['total'] / bare:.3f}  (target <= {TARGET})"
+    )
     print(f"ratio hf_repsim / its own forward time:                    {parts['total'] / forward:.3f}")
     print(f"ratio forward inside hf_repsim / bare forward:             {forward / bare:.3f}")
     v = measures.values
-    print(f"measures: kl={v['kl']:.3g} d_llv={v['d_llv']:.3g} d_svd_f={v['d_svd_f']:.3g} "
-          f"m_cca_f={v['m_cca_f']:.6f} cka={v['cka']:.4f}")
+    print(
+        f"measures: kl={v['kl']:.3g} d_llv={v['d_llv']:.3g} d_svd_f={v['d_svd_f']:.3g} "
+        f"m_cca_f={v['m_cca_f']:.6f} cka={v['cka']:.4f}"
+    )
 
 
 if __name__ == "__main__":
