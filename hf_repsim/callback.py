@@ -61,6 +61,10 @@ class RepSimCallback(TrainerCallback):
     random generators, so training is the same with or without the callback. Model 1 of each pair is the reference:
     ``kl`` is KL(reference || model) and ``d_rep_sq`` is in the reference's coordinates.
 
+    Cost: each measurement is one forward pass of both models over ``eval_windows`` plus the measures (about 10 s
+    on 2 CPU cores at a vocabulary of 49k and hidden size 576, whatever the number of contexts); choose
+    ``every_n_steps`` and the windows so that it stays a small share of training.
+
     Every process runs its share of the windows (the Trainer's ``accelerator`` shards them); the measures are
     computed and logged on the main process only. The default reference is a deep copy of the model: it doubles
     the model's memory. Sharded training (DeepSpeed ZeRO-3, FSDP) is not supported.

@@ -12,8 +12,11 @@ against itself (kl 0, d_llv at rounding); both grow as training moves the model.
 (the measures and the training loss per measured step), drift.json (every measure, with the Trainer's log) and
 drift.png (d_llv and kl against step).
 
-Both write config.json (resolved config, versions, command). On 2 CPU cores the demo comparison takes a few
-minutes; --finetune about 2 s per training step plus about 15 s per measurement; --quick is much smaller.
+Both write config.json (resolved config, versions, command). Time on 2 CPU cores: --quick about a minute in either
+mode. A measurement (both models over the evaluation contexts, then the measures at a vocabulary of 49k) costs as
+much as several training steps: about 50 s for 2048 contexts on free cores (10 s of it the measures; the default
+is 1024 contexts), 2 to 4 times that on busy shared cores, where 20 steps measured every 5 took 20 minutes.
+Fewer --max-contexts or a larger --every make it cheaper; a GPU makes it fast.
 
     .venv/bin/python recipes/compare_pretrained.py [MODEL ...] [--quick] [--output DIR]
     .venv/bin/python recipes/compare_pretrained.py --finetune [--steps 20] [--model SPEC] [--dataset SPEC]
@@ -54,7 +57,7 @@ class Config:
     train_batch_size: int = option(4, "With --finetune: windows per training step.")
     batch_size: int = option(8, "Windows per forward pass when measuring.")
     seq_len: int = option(128, "Tokens per window.")
-    max_contexts: int = option(2048, "Contexts measured on (with --finetune: held out from training); > hidden.")
+    max_contexts: int = option(1024, "Contexts measured on (with --finetune: held out from training); > hidden.")
     num_samples: int = option(200, "Random input sets tried for the input side of d_LLV.")
     seed: int = option(0, "Seed of the windows, the training order and the measures' random choices.")
     output: str | None = option(None, "Output folder (default runs/compare_pretrained).")
