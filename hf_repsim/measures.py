@@ -246,7 +246,7 @@ def procrustes_distance(cov11: torch.Tensor, cov22: torch.Tensor, cov12: torch.T
     scale = (torch.trace(cov11) * torch.trace(cov22)).sqrt()
     if scale <= 0:
         return 0.0
-    return float(2 - 2 * torch.linalg.svdvals(cov12).sum() / scale)
+    return max(0.0, float(2 - 2 * torch.linalg.svdvals(cov12).sum() / scale))  # >= 0 but for rounding
 
 
 def _quantiles(values: torch.Tensor) -> dict[str, float]:
@@ -540,7 +540,7 @@ def _d_rep_sq(pair: _Pair, pivot_sets: list[tuple[int, list[int]]]) -> float | N
         except torch.linalg.LinAlgError:  # a singular label set: the diversity condition fails there
             continue
         values.append(torch.trace(s_ii) - 2 * torch.trace(align @ s_ij.T) + torch.trace(align @ s_jj @ align.T))
-    return float(torch.stack(values).mean()) if values else None
+    return max(0.0, float(torch.stack(values).mean())) if values else None  # >= 0 but for rounding
 
 
 # ---------------------------------------------------------------------------------------------- entry point
