@@ -123,8 +123,8 @@ def test_bound_holds_for_every_point_where_it_applies(tmp_path):
     assert (tmp_path / "bound.png").stat().st_size > 0
 
 
-# ---------------------------------------------------------------------------------------------- training (slow)
-@pytest.mark.slow
+# ---------------------------------------------------------------------------------------------- training
+# About a minute each on 2 cores; in the default run because every recipe's --quick configuration must be tested.
 def test_width_sweep_quick_trains_compares_and_reuses_its_models(tmp_path):
     run_recipe("width_sweep", "--quick", "--output", str(tmp_path))
     config = check_provenance(tmp_path, "width_sweep")["config"]
@@ -151,7 +151,6 @@ def test_width_sweep_quick_trains_compares_and_reuses_its_models(tmp_path):
     )
 
 
-@pytest.mark.slow
 def test_distillation_logit_students_keep_the_teachers_representation(tmp_path):
     run_recipe("distillation", "--quick", "--output", str(tmp_path))
     results = json.loads((tmp_path / "results.json").read_text())
