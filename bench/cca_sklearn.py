@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from _threads import limit_threads
 from sklearn.cross_decomposition import CCA
 from sklearn.exceptions import ConvergenceWarning
 
@@ -53,16 +54,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="threads of torch and of numpy's BLAS for both routes (default: the libraries' choice)",
     )
     return parser.parse_args(argv)
-
-
-def limit_threads(threads: int | None) -> None:
-    """The same thread count for torch and numpy's BLAS, so that neither route gets more cores than the other."""
-    if threads is None:
-        return
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(threads)
-    threadpool_limits(threads)
 
 
 def make_data(n: int, m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from _threads import limit_threads
 
 from hf_repsim.constructions import perturbation_pair
 from hf_repsim.heads import Head
@@ -54,16 +55,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="threads of torch and of numpy's BLAS for both routes (default: the libraries' choice)",
     )
     return parser.parse_args(argv)
-
-
-def limit_threads(threads: int | None) -> None:
-    """The same thread count for torch and numpy's BLAS, so that neither route gets more cores than the other."""
-    if threads is None:
-        return
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(threads)
-    threadpool_limits(threads)
 
 
 def statistics_route(f1, g1, f2, g2, input_set: list[int], lam: float, seed: int) -> dict:
