@@ -183,6 +183,19 @@ class ContextWindows:
         return digest.hexdigest()
 
 
+class CausalLMExamples(torch.utils.data.Dataset):
+    """(n_windows, seq) token ids as causal-LM training examples for a Trainer; the model shifts the labels itself."""
+
+    def __init__(self, input_ids: torch.Tensor) -> None:
+        self.input_ids = input_ids
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids[index], "labels": self.input_ids[index]}
+
+
 def token_windows(
     texts: Sequence[str], tokenizer: Any, *, seq_len: int, max_contexts: int | None, seed: int = 0
 ) -> ContextWindows:

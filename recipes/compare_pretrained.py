@@ -39,7 +39,7 @@ from _common import option, pyplot, start_run, write_json, write_table
 
 from hf_repsim import RepSimCallback
 from hf_repsim.compare import CompareConfig, format_pair, run_compare
-from hf_repsim.data import ContextWindows, load_texts, token_windows
+from hf_repsim.data import CausalLMExamples, ContextWindows, load_texts, token_windows
 from hf_repsim.loading import load_model
 
 log = logging.getLogger("recipes")
@@ -150,19 +150,6 @@ def compare(config: Config, out: Path) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------- fine-tune
-class LanguageModelling(torch.utils.data.Dataset):
-    """(n_windows, seq) token ids as causal-LM examples; the model shifts the labels itself."""
-
-    def __init__(self, input_ids: torch.Tensor) -> None:
-        self.input_ids = input_ids
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.input_ids[index], "labels": self.input_ids[index]}
-
-
 def split_windows(windows: ContextWindows, num_contexts: int, seed: int) -> tuple[ContextWindows, torch.Tensor]:
     """Held-out evaluation windows with ``num_contexts`` contexts, and the (n_train, seq) token ids of the rest."""
     n_windows, seq_len = windows.input_ids.shape
@@ -205,7 +192,7 @@ def finetune(config: Config, out: Path) -> list[dict[str, Any]]:
     trainer = Trainer(
         model=loaded.model,
         args=args,
-        train_dataset=LanguageModelling(train),
+        train_dataset=CausalLMExamples(train),
         data_collator=default_data_collator,
         processing_class=loaded.tokenizer,
     )

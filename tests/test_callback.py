@@ -10,7 +10,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 
 from hf_repsim import RepSimCallback
 from hf_repsim.callback import DEFAULT_KEYS
-from hf_repsim.data import ContextWindows, token_windows
+from hf_repsim.data import CausalLMExamples, ContextWindows, token_windows
 from tests.tiny import corpus, tiny_llama, word_tokenizer
 
 STEPS, EVERY = 25, 5
@@ -22,26 +22,13 @@ IDENTICAL_D_LLV = 1e-8
 MOVED_D_LLV = 1e-3
 
 
-class Windows(torch.utils.data.Dataset):
-    """(n_windows, seq) token ids as causal-LM examples (the model shifts the labels itself)."""
-
-    def __init__(self, input_ids: torch.Tensor) -> None:
-        self.input_ids = input_ids
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.input_ids[index], "labels": self.input_ids[index]}
-
-
 @pytest.fixture(scope="module")
 def data():
     text = corpus()
     tokenizer = word_tokenizer(text)
     windows = token_windows([text], tokenizer, seq_len=16, max_contexts=None)
     evaluation = ContextWindows(windows.input_ids[:20], windows.context_mask[:20])  # 300 contexts, held out
-    return tokenizer, evaluation, Windows(windows.input_ids[20:])
+    return tokenizer, evaluation, CausalLMExamples(windows.input_ids[20:])
 
 
 def make_trainer(tmp_path, data, seed: int = 0, steps: int = STEPS) -> Trainer:
