@@ -19,6 +19,7 @@ depend on how the contexts were split into batches or processes.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -28,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-#: Number of (row x label) elements processed at once in the per-context scalars; bounds temporaries.
-_CHUNK_ELEMENTS = 1 << 22
+#: (row x label) elements per chunk of the per-context pass over the labels: each buffer then fits in the cache.
+_CHUNK_ELEMENTS = 1 << 19
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -66,46 +67,89 @@ class PairScalars:
     d_logit_sq: float
 
 
-def pair_scalars(
-    logprobs_i: torch.Tensor,
-    logprobs_j: torch.Tensor,
-    probs_i: torch.Tensor,
-    probs_j: torch.Tensor,
-    neg_entropy_i: torch.Tensor,
-    neg_entropy_j: torch.Tensor,
-) -> torch.Tensor:
-    """Per-context KL(p_i || p_j), KL(p_j || p_i), JS and squared centred-logit distance.
+class _LabelPass:
+    """The per-context work over the labels for one batch, chunk by chunk, in buffers allocated once.
 
-    Computed in the dtype of the inputs (float32 for float32 logits: absolute error about 1e-7; float64 for
-    float64 logits), with as few passes over the labels as the four quantities allow.
+    The work is bound by passes over (rows, n_labels) arrays, so each chunk is sized to stay in the cache
+    (``_CHUNK_ELEMENTS``), every elementwise step writes into a reused buffer (a fresh allocation of that size costs
+    as much as the arithmetic), and the per-context results go to (batch,) rows that are combined in float64 once
+    per batch, not once per chunk.
+
+    Per model k: log_k = z_k - logsumexp(z_k), p_k = exp(log_k), sum_y p_k log_k, and the column sums of p_k.
+    Per pair (i, j), with d = log_i - log_j formed first so that close models keep their digits:
+    KL(p_i || p_j) = sum p_i d, KL(p_j || p_i) = -sum p_j d, JS = (sum p_i log_i + sum p_j log_j) / 2 - sum m log m
+    with m = (p_i + p_j) / 2, and ||c(d)||^2 = sum d^2 - (sum d)^2 / V (the mean of d is of the order of its spread,
+    both distributions being normalised, so the subtraction loses no digits that matter).
+    Sums over the labels run in the dtype of the logits (float32 for float32 logits: absolute error about 1e-7),
+    sums over contexts in float64.
 
     Args:
-        logprobs_i, logprobs_j: (batch, n_labels) log-probabilities of models i and j.
-        probs_i, probs_j: (batch, n_labels) their exponentials.
-        neg_entropy_i, neg_entropy_j: (batch,) sum_y p log p of each model.
-
-    Returns:
-        (batch, 4) float64: the four distances per context.
+        num_models: k.
+        pairs: the (i, j) pairs to compare.
+        batch: contexts in the batch.
+        rows: contexts per chunk.
+        num_labels: V.
+        dtype: dtype of the arithmetic over the labels.
     """
-    diff = logprobs_i - logprobs_j  # (batch, n_labels); the difference of the raw logits up to a constant
-    kl = _rowdot(probs_i, diff)
-    kl_reverse = -_rowdot(probs_j, diff)
-    mixture = torch.add(probs_i, probs_j).mul_(0.5)  # (batch, n_labels)
-    js = 0.5 * (neg_entropy_i + neg_entropy_j) - _rowdot(mixture, torch.log(mixture))
-    # ||c(d)||^2 = sum d^2 - (sum d)^2 / V: the mean of d is of the order of its spread (both distributions are
-    # normalised), so the subtraction loses no digits that matter.
-    total, square = diff.sum(-1).double(), _rowdot(diff, diff).double()
-    logit_sq = square - total.square() / diff.shape[-1]
-    return torch.stack([kl.double(), kl_reverse.double(), js.double(), logit_sq], dim=-1)
 
+    def __init__(
+        self, num_models: int, pairs: Sequence[tuple[int, int]], batch: int, rows: int, num_labels: int, dtype: torch.dtype
+    ):
+        self.pairs = pairs
+        shape = (rows, num_labels)
+        self.logprobs = [torch.empty(shape, dtype=dtype) for _ in range(num_models)]
+        self.probs = [torch.empty(shape, dtype=dtype) for _ in range(num_models)]
+        self.diff, self.work, self.mixture = (torch.empty(shape, dtype=dtype) for _ in range(3))
+        self.ones = torch.ones(1, rows, dtype=dtype)
+        self.log_norm = torch.empty(num_models, batch, dtype=dtype)
+        self.neg_entropy = torch.empty(num_models, batch, dtype=dtype)
+        # Per pair and context: sum p_i d, sum p_j d, sum m log m, sum d, sum d^2.
+        self.pair_terms = torch.empty(len(pairs), 5, batch, dtype=dtype)
+        self.prob_sum = torch.zeros(num_models, num_labels, dtype=torch.float64)
 
-def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise dot products of two (batch, n) tensors: (batch,).
+    def chunk(self, start: int, logits: Sequence[torch.Tensor]) -> None:
+        """Contexts start, start + 1, ...: the logits of each model, (rows, n_labels) in the buffers' dtype."""
+        rows = logits[0].shape[0]
+        out = slice(start, start + rows)
+        for k, z in enumerate(logits):
+            logprobs, probs = self.logprobs[k][:rows], self.probs[k][:rows]
+            torch.logsumexp(z, dim=-1, out=self.log_norm[k, out])
+            torch.sub(z, self.log_norm[k, out, None], out=logprobs)
+            torch.exp(logprobs, out=probs)
+            self._rowdot(probs, logprobs, out=self.neg_entropy[k, out])
+            # Column sums as a product with ones: one pass; a chunk's few rows add up in float32 without loss.
+            self.prob_sum[k] += (self.ones[:, :rows] @ probs).reshape(-1)
+        diff, mixture = self.diff[:rows], self.mixture[:rows]
+        for p, (i, j) in enumerate(self.pairs):
+            terms = self.pair_terms[p, :, out]
+            torch.sub(self.logprobs[i][:rows], self.logprobs[j][:rows], out=diff)
+            probs_i, probs_j = self.probs[i][:rows], self.probs[j][:rows]
+            self._rowdot(probs_i, diff, out=terms[0])
+            self._rowdot(probs_j, diff, out=terms[1])
+            torch.add(probs_i, probs_j, out=mixture).mul_(0.5)
+            self._rowdot(mixture, torch.log(mixture, out=self.work[:rows]), out=terms[2])
+            torch.sum(diff, dim=-1, out=terms[3])
+            self._rowdot(diff, diff, out=terms[4])
 
-    A product then a sum: the sum's cascaded accumulation is far more accurate in float32 than a batched matmul's
-    running sum over a vocabulary, at the same speed (both are bound by memory).
-    """
-    return (a * b).sum(-1)
+    def results(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(k, batch) float64 log-normalisers, (k, n_labels) float64 column sums of the probabilities, and
+        (n_pairs, 4) float64 sums over the batch of KL, reverse KL, JS and the squared centred-logit distance."""
+        neg_entropy = self.neg_entropy.double()
+        sums = torch.zeros(len(self.pairs), 4, dtype=torch.float64)
+        for p, (i, j) in enumerate(self.pairs):
+            kl_terms, reverse_terms, mix_terms, total, square = self.pair_terms[p].double()
+            js = 0.5 * (neg_entropy[i] + neg_entropy[j]) - mix_terms
+            logit_sq = square - total.square() / self.diff.shape[-1]
+            sums[p] = torch.stack([kl_terms.sum(), -reverse_terms.sum(), js.sum(), logit_sq.sum()])
+        return self.log_norm.double(), self.prob_sum, sums
+
+    def _rowdot(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Row-wise dot products of two (rows, n) tensors into ``out``, (rows,).
+
+        A product then a sum: the sum's cascaded accumulation is far more accurate in float32 than a batched matmul's
+        running sum over a vocabulary, at the same speed (both are bound by memory).
+        """
+        return torch.sum(torch.mul(a, b, out=self.work[: a.shape[0]]), dim=-1, out=out)
 
 
 class RepSimState:
@@ -190,25 +234,17 @@ class RepSimState:
             raise ValueError(f"Expected {batch} context ids, one per context, got {context_ids.numel()}.")
 
         phi = torch.empty(batch, self.offsets[-1], dtype=torch.float64)  # (batch, D)
-        rows = max(1, _CHUNK_ELEMENTS // self.num_labels)
+        for k, f in enumerate(features):
+            phi[:, self.block(k)[0]] = f.detach().to(device="cpu", dtype=torch.float64)
+        dtype = functools.reduce(torch.promote_types, [z.dtype for z in logits], torch.float32)
+        rows = max(1, min(batch, _CHUNK_ELEMENTS // self.num_labels))
+        label_pass = _LabelPass(self.num_models, self.pairs, batch, rows, self.num_labels, dtype)
         for start in range(0, batch, rows):
-            chunk = slice(start, start + rows)
-            logprobs, probs, neg_entropy = [], [], []
-            for k, (f, z) in enumerate(zip(features, logits)):
-                z = z[chunk].detach().cpu()
-                z = z.to(torch.promote_types(z.dtype, torch.float32))  # (rows, n_labels)
-                f_slice, z_index = self.block(k)
-                phi[chunk, f_slice] = f[chunk].detach().to(device="cpu", dtype=torch.float64)
-                log_norm = torch.logsumexp(z, dim=-1)  # (rows,)
-                phi[chunk, z_index] = log_norm.double()
-                logprobs.append(z - log_norm[:, None])
-                probs.append(logprobs[-1].exp())
-                neg_entropy.append(_rowdot(probs[-1], logprobs[-1]))
-                # Column sums as a product with ones: one pass, accumulated in float64.
-                self.prob_sum[k] += (torch.ones(1, z.shape[0], dtype=z.dtype) @ probs[-1]).reshape(-1).double()
-            for p, (i, j) in enumerate(self.pairs):
-                scalars = pair_scalars(logprobs[i], logprobs[j], probs[i], probs[j], neg_entropy[i], neg_entropy[j])
-                self.pair_sums[p] += scalars.sum(0)
+            label_pass.chunk(start, [z[start : start + rows].detach().to("cpu", dtype) for z in logits])
+        log_norms, prob_sum, pair_sums = label_pass.results()
+        phi[:, [self.block(k)[1] for k in range(self.num_models)]] = log_norms.T
+        self.prob_sum += prob_sum
+        self.pair_sums += pair_sums
 
         self._add_moments(batch, phi.mean(0), _centred_comoment(phi))
         self._add_to_reservoir(context_ids, context_priority(context_ids, self.seed), phi)
