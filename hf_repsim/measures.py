@@ -4,7 +4,8 @@ Notation: models i and j; phi_k = [f_k; logZ_k]; l_k(y|x) = g_k(y)^T f_k(x) + b_
 Sigma is the unbiased covariance of (phi_i, phi_j) over contexts, Gamma the unbiased covariance of
 (g_i, b_i, g_j, b_j) over labels. Every variance over inputs is a quadratic form in Sigma, every
 variance over labels a quadratic form in Gamma: with a factor Sigma = L L^T, sd_x[w^T phi] = ||L^T w||,
-which is how the label side is evaluated without ever forming the (n_contexts, n_labels) matrix.
+which is how the label side is evaluated without ever forming the (n_contexts, n_labels) matrix
+(:mod:`hf_repsim.geometry` does it for every label and every candidate pivot in one streamed pass).
 
 Invariances, for the paired transform f -> A f, g -> A^{-T} g + c (A invertible, c a common
 translation of every label vector) applied to either model: kl, kl_reverse, js, d_logit_sq, d_llv
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hf_repsim.geometry import all_finite, block_factor, duplicate_rows, label_covariance, row_geometry
 from hf_repsim.heads import Head
 from hf_repsim.stats import RepSimState
 
@@ -68,13 +70,13 @@ class MeasureConfig:
         seed: seed of every random choice (input sets, sampled label sets).
         num_pivots: size of the candidate set of pivot labels: the labels with the highest mean predicted
             probability (averaged over the two models and all contexts). Every label when there are fewer.
+            Each candidate's t1 is computed in full; the pivot is the candidate with the smallest.
         num_left_out: labels left out of t1 beside the pivot (the worst ones for that pivot).
         num_label_sets: label diversity sets for d_SVD_f and (pivot, set) pairs for d_rep^2. All of them are
             used when there are at most this many; otherwise this many are sampled with ``seed``.
         degenerate_tol: a label whose log-ratio scale s_k(y) is at most this fraction of the median scale (for
             the chosen pivot) is degenerate: excluded from t1, t3 and the label sets, and counted.
         cca_rcond: eigenvalues of a covariance below this fraction of its largest are treated as zero in CCA.
-        refine: screened pivot candidates re-evaluated with the exact (difference-first) formulas.
         pivot_label, left_out_label, input_set: fix the choices instead of searching (input_set holds context
             ids: the pivot input first, then M inputs).
     """
@@ -87,13 +89,12 @@ class MeasureConfig:
     num_label_sets: int = 32
     degenerate_tol: float = 1e-6
     cca_rcond: float = 1e-12
-    refine: int = 2
     pivot_label: int | None = None
     left_out_label: int | None = None
     input_set: list[int] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("num_samples", "num_pivots", "num_label_sets", "refine"):
+        for name in ("num_samples", "num_pivots", "num_label_sets"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Expected {name} >= 1, got {getattr(self, name)}.")
         if self.num_left_out < 0:
@@ -123,19 +124,6 @@ class Measures:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def psd_factor(cov: torch.Tensor) -> torch.Tensor:
-    """A factor L with L L^T = cov for a symmetric positive semi-definite (D, D) matrix: (D, D).
-
-    Eigenvalues within rounding of zero (below D * eps * the largest) are set to zero: their square roots would
-    otherwise add noise of relative size sqrt(eps) to every standard deviation read off the factor, and two
-    identical models would not come out identical. A standard deviation read off the factor is therefore exact
-    to about sqrt(D * eps) ~ 1e-7 of the largest one: the resolution of any measure built on second moments.
-    """
-    eigval, eigvec = torch.linalg.eigh(cov)
-    floor = cov.shape[0] * torch.finfo(cov.dtype).eps * eigval.abs().max()
-    return eigvec * torch.where(eigval > floor, eigval, 0).sqrt()
-
-
 def m_svd(cov12: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
     """m_SVD of two sets of m columns from their cross-covariance and variances.
 
@@ -266,7 +254,11 @@ def _subsets(pool: Sequence[int], size: int, limit: int, rng: np.random.Generato
 
 # ---------------------------------------------------------------------------------------------- the pair
 class _Pair:
-    """Everything shared by the measures of models i and j: covariances, factors and heads in float64."""
+    """Everything shared by the measures of models i and j: moments, factors and the heads.
+
+    The heads stay in their own dtype (a float64 copy of a vocabulary-sized head would cost more than the
+    measures); rows are gathered and promoted to float64 where a measure needs them.
+    """
 
     def __init__(self, state: RepSimState, heads: Sequence[Head], i: int, j: int):
         self.state, self.i, self.j = state, i, j
@@ -275,94 +267,47 @@ class _Pair:
         f_i, z_i = state.block(i)
         f_j, z_j = state.block(j)
         self.index = torch.tensor([*range(f_i.start, f_i.stop), z_i, *range(f_j.start, f_j.stop), z_j])
-        cov = state.covariance()[self.index][:, self.index]  # (D, D), D = M_i + M_j + 2
-        self.cov = cov
+        self.cov = state.covariance()[self.index][:, self.index]  # (D, D), D = M_i + M_j + 2
         self.fi, self.fj = slice(0, self.m_i), slice(self.m_i + 1, self.m_i + 1 + self.m_j)
         self.mean = state.mean[self.index]
-
-        # Label side: l_k(y|x) = gt_k(y)^T phi_k(x) + const with gt = [g; -1]; E_k = gt_k L_k, sd_x = norms.
-        factor = psd_factor(cov)
-        self.g_i, self.b_i = _head64(heads[i], self.m_i, state.num_labels)
-        self.g_j, self.b_j = _head64(heads[j], self.m_j, state.num_labels)
-        self.duplicates = _duplicate_rows(torch.cat([self.g_i, self.b_i[:, None]], 1)) | _duplicate_rows(
-            torch.cat([self.g_j, self.b_j[:, None]], 1)
+        (self.w_i, self.b_i), (self.w_j, self.b_j) = (
+            _head(heads[k], state.hidden_sizes[k], state.num_labels) for k in (i, j)
         )
-        minus_one = -torch.ones(state.num_labels, 1, dtype=torch.float64)
-        self.e_i = torch.cat([self.g_i, minus_one], 1) @ factor[: self.m_i + 1]  # (V, D)
-        self.e_j = torch.cat([self.g_j, minus_one], 1) @ factor[self.m_i + 1 :]  # (V, D)
-
-        # Input side: Var_y of l_k(y|x) is a quadratic form in Gamma, the label covariance of (g_i, b_i, g_j, b_j).
-        labels = torch.cat([self.g_i, self.b_i[:, None], self.g_j, self.b_j[:, None]], 1)  # (V, D)
-        centred = labels - labels.mean(0)
-        self.gamma = centred.T @ centred / (state.num_labels - 1)
-        gamma_factor = psd_factor(self.gamma)
+        self.duplicates = duplicate_rows(self.w_i, self.b_i) | duplicate_rows(self.w_j, self.b_j)
+        # Label side: sd over contexts of [g; -1]^T phi, read off a factor of Sigma.
+        self.label_factors = block_factor(self.cov, self.m_i + 1)
+        # Input side: sd over labels of [f; 1]^T [g; b], read off a factor of Gamma.
+        self.gamma = label_covariance((self.w_i, self.w_j), (self.b_i, self.b_j))
+        self.input_factors = block_factor(self.gamma, self.m_i + 1)
         phi = state.reservoir_phi[:, self.index]
-        one = torch.ones(phi.shape[0], 1, dtype=torch.float64)
-        self.h_i = torch.cat([phi[:, self.fi], one], 1) @ gamma_factor[: self.m_i + 1]  # (R, D)
-        self.h_j = torch.cat([phi[:, self.fj], one], 1) @ gamma_factor[self.m_i + 1 :]  # (R, D)
         self.reservoir_f_i, self.reservoir_f_j = phi[:, self.fi], phi[:, self.fj]
 
+    def g_i(self, labels: torch.Tensor | list[int] | int) -> torch.Tensor:
+        """Model i's label vectors g_i(labels) in float64: (..., M_i)."""
+        return self.w_i[labels].double()
 
-def _duplicate_rows(rows: torch.Tensor) -> torch.Tensor:
-    """(V,) bool: True for a row equal to an earlier row (never-trained vocabulary rows often share one value)."""
-    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
-    first = torch.full((rows.shape[0],), rows.shape[0], dtype=torch.int64).scatter_reduce(
-        0, inverse, torch.arange(rows.shape[0]), reduce="amin"
-    )
-    return first[inverse] != torch.arange(rows.shape[0])
+    def g_j(self, labels: torch.Tensor | list[int] | int) -> torch.Tensor:
+        """Model j's label vectors g_j(labels) in float64: (..., M_j)."""
+        return self.w_j[labels].double()
 
 
-def _head64(head: Head, hidden: int, num_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _head(head: Head, hidden: int, num_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight (on the CPU, in its dtype) and the float64 bias of a head checked against the statistics."""
     if tuple(head.weight.shape) != (num_labels, hidden):
         raise ValueError(
             f"Expected an unembedding of shape (n_labels={num_labels}, hidden={hidden}) to match the statistics, "
             f"got {tuple(head.weight.shape)}."
         )
-    weight = head.weight.detach().to(device="cpu", dtype=torch.float64)
+    weight = head.weight.detach().cpu()
+    if not weight.is_floating_point():
+        weight = weight.double()
     bias = torch.zeros(num_labels, dtype=torch.float64) if head.bias is None else head.bias.detach().cpu().double()
-    if not (bool(torch.isfinite(weight).all()) and bool(torch.isfinite(bias).all())):
+    if not (all_finite(weight) and all_finite(bias)):
         raise ValueError("Expected finite unembedding weights and biases, got NaN or infinite values.")
     return weight, bias
 
 
 # ---------------------------------------------------------------------------------------------- label side
-#: Labels per chunk in the exact label-side pass: bounds the (chunk, D) temporaries.
-_LABEL_CHUNK = 4096
-
-
-def _exact_label_terms(pair: _Pair, pivot: int) -> tuple[torch.Tensor, ...]:
-    """s_i, s_j, R, P for every label and one pivot: four (V,) tensors (undefined at the pivot itself).
-
-    The differences are formed before the norms, which keeps full relative precision when the models are close.
-    """
-    e_i0, e_j0 = pair.e_i[pivot], pair.e_j[pivot]  # (D,)
-    out = []
-    for start in range(0, pair.state.num_labels, _LABEL_CHUNK):
-        e_i, e_j = pair.e_i[start : start + _LABEL_CHUNK], pair.e_j[start : start + _LABEL_CHUNK]  # (chunk, D)
-        s_i = (e_i - e_i0).norm(dim=1)
-        s_j = (e_j - e_j0).norm(dim=1)
-        r = (e_i / s_i[:, None] - e_j / s_j[:, None]).norm(dim=1)
-        p = (e_i0 / s_i[:, None] - e_j0 / s_j[:, None]).norm(dim=1)
-        out.append(torch.stack([s_i, s_j, r, p]))
-    return tuple(torch.cat(out, dim=1))
-
-
-def _screened_label_terms(pair: _Pair, pivots: list[int]) -> tuple[torch.Tensor, ...]:
-    """s_i, s_j, R, P for every label and many pivots at once: four (V, n_pivots) tensors.
-
-    Expanded quadratic forms: one matrix product for all pivots. They lose relative precision when R is far below
-    the scale of the log-probabilities, so they only rank the candidates; the best are then evaluated exactly.
-    """
-    e_i, e_j = pair.e_i, pair.e_j
-    a_i, a_j, c = e_i.square().sum(1), e_j.square().sum(1), (e_i * e_j).sum(1)  # (V,)
-    a_i, a_j, c = a_i[:, None], a_j[:, None], c[:, None]  # (V, 1)
-    s_i = (a_i + a_i[pivots].T - 2 * e_i @ e_i[pivots].T).clamp(min=0).sqrt()  # (V, n_pivots)
-    s_j = (a_j + a_j[pivots].T - 2 * e_j @ e_j[pivots].T).clamp(min=0).sqrt()
-    r = (a_i / s_i**2 + a_j / s_j**2 - 2 * c / (s_i * s_j)).clamp(min=0).sqrt()
-    p = (a_i[pivots].T / s_i**2 + a_j[pivots].T / s_j**2 - 2 * c[pivots].T / (s_i * s_j)).clamp(min=0).sqrt()
-    return s_i, s_j, r, p
-
-
 @dataclass
 class _LabelChoice:
     pivot: int
@@ -428,38 +373,28 @@ def _candidate_pivots(pair: _Pair, config: MeasureConfig) -> list[int]:
 
 
 def _search_labels(pair: _Pair, config: MeasureConfig) -> tuple[_LabelChoice, int]:
-    """The pivot and left-out labels minimising t1: screen every candidate, then refine the best exactly."""
+    """The pivot and left-out labels minimising t1, every candidate pivot evaluated in full."""
     candidates = _candidate_pivots(pair, config)
-    finalists = candidates
-    if len(candidates) > config.refine:
-        screened = _screened_label_terms(pair, candidates)
-        t1 = [
-            _choose_labels(y0, [t[:, k] for t in screened], pair.duplicates, config).t1
-            for k, y0 in enumerate(candidates)
-        ]
-        finalists = sorted(candidates[k] for k in np.argsort(t1, kind="stable")[: config.refine])
-    choices = [_choose_labels(y0, _exact_label_terms(pair, y0), pair.duplicates, config) for y0 in finalists]
+    geometry = row_geometry((pair.w_i, pair.w_j), pair.label_factors, -1.0, torch.tensor(candidates))
+    labels = torch.arange(pair.state.num_labels)
+    choices = [
+        _choose_labels(y0, geometry.terms(labels, torch.tensor(y0), k), pair.duplicates, config)
+        for k, y0 in enumerate(candidates)
+    ]
     best = min(range(len(choices)), key=lambda k: (choices[k].t1, choices[k].pivot))
     return choices[best], len(candidates)
 
 
 # ---------------------------------------------------------------------------------------------- input side
-def _input_terms(pair: _Pair, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For reservoir rows (pivot first, then m inputs): max(R', P') and S' per input, two (m,) tensors."""
-    h_i, h_j = pair.h_i[rows], pair.h_j[rows]  # (m + 1, D)
-    sigma_i = (h_i[1:] - h_i[0]).norm(dim=1)
-    sigma_j = (h_j[1:] - h_j[0]).norm(dim=1)
-    r = (h_i[1:] / sigma_i[:, None] - h_j[1:] / sigma_j[:, None]).norm(dim=1)
-    p = (h_i[0] / sigma_i[:, None] - h_j[0] / sigma_j[:, None]).norm(dim=1)
-    return torch.maximum(r, p), (sigma_i - sigma_j).abs()
-
-
-def _search_inputs(pair: _Pair, config: MeasureConfig) -> tuple[torch.Tensor, dict[str, Any]]:
+def _search_inputs(pair: _Pair, config: MeasureConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """The input pivot and set: given, or the best of ``num_samples`` seeded random tuples of m + 1 inputs.
 
     Tuples are consecutive blocks of a seeded permutation of the reservoir, so they are disjoint until the
     reservoir is used up; then a new permutation starts. The tuple with the smallest max(R', P') is kept when
     that is below 1, else the first tuple.
+
+    Returns:
+        The reservoir rows of the chosen tuple (pivot first), max(R', P') and S' of its m inputs, and the search.
     """
     ids = pair.state.reservoir_ids
     size = pair.m + 1
@@ -477,31 +412,39 @@ def _search_inputs(pair: _Pair, config: MeasureConfig) -> tuple[torch.Tensor, di
                 f"Expected input_set ids among the {ids.numel()} contexts kept in the reservoir, got {missing} "
                 f"which are not kept; raise reservoir_size (now {pair.state.reservoir_size}) to keep every context."
             )
-        return rows, {"searched": False}
-    if ids.numel() < size:
-        raise ValueError(
-            f"Expected at least M + 1 = {size} contexts for the input side, got {ids.numel()}; feed more contexts."
-        )
-    rng = np.random.default_rng(config.seed)
-    per_permutation = ids.numel() // size
-    tuples, perm = [], None
-    for k in range(config.num_samples):
-        if k % per_permutation == 0:
-            perm = rng.permutation(ids.numel())
-        start = (k % per_permutation) * size
-        tuples.append(perm[start : start + size])
-    scores = [float(_input_terms(pair, torch.from_numpy(t))[0].max()) for t in tuples]
-    best = int(np.argmin(scores))
-    chosen = best if scores[best] < 1 else 0
-    return torch.from_numpy(tuples[chosen]), {"searched": True, "tuples": len(tuples), "chosen_tuple": chosen}
+        tuples, search = rows[None], {"searched": False}
+    else:
+        if ids.numel() < size:
+            raise ValueError(
+                f"Expected at least M + 1 = {size} contexts for the input side, got {ids.numel()}; feed more contexts."
+            )
+        rng = np.random.default_rng(config.seed)
+        per_permutation = ids.numel() // size
+        blocks, perm = [], None
+        for k in range(config.num_samples):
+            if k % per_permutation == 0:
+                perm = rng.permutation(ids.numel())
+            start = (k % per_permutation) * size
+            blocks.append(perm[start : start + size])
+        tuples, search = torch.from_numpy(np.stack(blocks)), {"searched": True, "tuples": len(blocks)}
+    geometry = row_geometry((pair.reservoir_f_i, pair.reservoir_f_j), pair.input_factors, 1.0, tuples[:, 0])
+    s_i, s_j, r, p = geometry.terms(tuples[:, 1:], tuples[:, :1], torch.arange(len(tuples))[:, None])  # (n, m)
+    terms = torch.maximum(r, p)
+    chosen = 0
+    if search["searched"]:
+        scores = terms.max(1).values
+        best = int(scores.argmin())
+        chosen = best if scores[best] < 1 else 0
+        search["chosen_tuple"] = chosen
+    return tuples[chosen], terms[chosen], (s_i - s_j)[chosen].abs(), search
 
 
 # ---------------------------------------------------------------------------------------------- representations
 def _d_svd_f(pair: _Pair, pivot: int, label_sets: list[list[int]]) -> torch.Tensor:
     """d_SVD on the embedding side for each label set: (n_sets,)."""
     sets = torch.tensor(label_sets)  # (n_sets, m)
-    l_i = pair.g_i[sets] - pair.g_i[pivot]  # (n_sets, m, M_i)
-    l_j = pair.g_j[sets] - pair.g_j[pivot]  # (n_sets, m, M_j)
+    l_i = pair.g_i(sets) - pair.g_i(pivot)  # (n_sets, m, M_i)
+    l_j = pair.g_j(sets) - pair.g_j(pivot)  # (n_sets, m, M_j)
     cov = pair.cov
     cov12 = l_i @ cov[pair.fi, pair.fj] @ l_j.transpose(1, 2)
     var1 = ((l_i @ cov[pair.fi, pair.fi]) * l_i).sum(-1)
@@ -523,7 +466,7 @@ def _d_svd_g(pair: _Pair, rows: torch.Tensor) -> float:
 def _d_rep_sq(pair: _Pair, pivot_sets: list[tuple[int, list[int]]]) -> float | None:
     """Mean over (pivot, label set) of (1/N) sum_n ||f_i(x_n) - A_L f_j(x_n)||^2 with A_L = L_i^{-1} L_j.
 
-    Label sets whose L_i is singular are skipped; None when all are.
+    All label sets are solved in one batch; those whose L_i is singular are skipped, None when all are.
     """
     n = pair.state.count
     mean_i, mean_j = pair.mean[pair.fi], pair.mean[pair.fj]
@@ -531,16 +474,15 @@ def _d_rep_sq(pair: _Pair, pivot_sets: list[tuple[int, list[int]]]) -> float | N
     s_ii = second[pair.fi, pair.fi] + torch.outer(mean_i, mean_i)
     s_jj = second[pair.fj, pair.fj] + torch.outer(mean_j, mean_j)
     s_ij = second[pair.fi, pair.fj] + torch.outer(mean_i, mean_j)
-    values = []
-    for pivot, labels in pivot_sets:
-        l_i = pair.g_i[labels] - pair.g_i[pivot]
-        l_j = pair.g_j[labels] - pair.g_j[pivot]
-        try:
-            align = torch.linalg.solve(l_i, l_j)  # (M, M)
-        except torch.linalg.LinAlgError:  # a singular label set: the diversity condition fails there
-            continue
-        values.append(torch.trace(s_ii) - 2 * torch.trace(align @ s_ij.T) + torch.trace(align @ s_jj @ align.T))
-    return max(0.0, float(torch.stack(values).mean())) if values else None  # >= 0 but for rounding
+    pivots = torch.tensor([pivot for pivot, _ in pivot_sets])[:, None]  # (n_sets, 1)
+    sets = torch.tensor([labels for _, labels in pivot_sets])  # (n_sets, M)
+    align, info = torch.linalg.solve_ex(pair.g_i(sets) - pair.g_i(pivots), pair.g_j(sets) - pair.g_j(pivots))
+    align = align[info == 0]  # a singular label set: the diversity condition fails there
+    if align.shape[0] == 0:
+        return None
+    # trace(A S_ij^T) and trace(A S_jj A^T) as elementwise sums.
+    values = torch.trace(s_ii) - 2 * (align * s_ij).sum((1, 2)) + ((align @ s_jj) * align).sum((1, 2))
+    return max(0.0, float(values.mean()))  # >= 0 but for rounding
 
 
 # ---------------------------------------------------------------------------------------------- entry point
@@ -573,8 +515,7 @@ def compute_measures(
     choice, num_candidates = _search_labels(p, config)
 
     # Input side of d_LLV: pivot input and input set.
-    rows, search = _search_inputs(p, config)
-    input_terms, input_scales = _input_terms(p, rows)
+    rows, input_terms, input_scales, search = _search_inputs(p, config)
     t2, t4 = float(input_terms.max()), float(input_scales.max())
     d_llv = max(choice.t1, t2, config.lam * choice.t3, config.lam * t4)
 
@@ -658,7 +599,7 @@ def _diversity(
     """
     sets = torch.tensor([label_set])
     label_cond = max(
-        condition_number(pair.g_i[sets] - pair.g_i[pivot]), condition_number(pair.g_j[sets] - pair.g_j[pivot])
+        condition_number(pair.g_i(sets) - pair.g_i(pivot)), condition_number(pair.g_j(sets) - pair.g_j(pivot))
     )
     f_i, f_j = pair.reservoir_f_i, pair.reservoir_f_j
     input_cond = max(condition_number(f_i[rows[1:]] - f_i[rows[0]]), condition_number(f_j[rows[1:]] - f_j[rows[0]]))
