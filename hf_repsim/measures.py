@@ -244,6 +244,17 @@ def _quantiles(values: torch.Tensor) -> dict[str, float]:
     return {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2]), "max": float(q[3])}
 
 
+#: Elements per batch of the per-pivot and per-set work: (rows, pivots) matrices and (sets, m, M) stacks stay
+#: within a few hundred MB however many pivots, samples or label sets are asked for.
+_BATCH_ELEMENTS = 1 << 24
+
+
+def _batches(count: int, elements_each: int) -> list[slice]:
+    """Consecutive slices of range(count), each holding at most ``_BATCH_ELEMENTS // elements_each`` items."""
+    size = max(1, _BATCH_ELEMENTS // max(1, elements_each))
+    return [slice(start, start + size) for start in range(0, count, size)]
+
+
 def _subsets(pool: Sequence[int], size: int, limit: int, rng: np.random.Generator) -> list[list[int]]:
     """Every size-subset of pool when there are at most ``limit``, else ``limit`` sorted random ones."""
     if math.comb(len(pool), size) <= limit:
@@ -375,12 +386,13 @@ def _candidate_pivots(pair: _Pair, config: MeasureConfig) -> list[int]:
 def _search_labels(pair: _Pair, config: MeasureConfig) -> tuple[_LabelChoice, int]:
     """The pivot and left-out labels minimising t1, every candidate pivot evaluated in full."""
     candidates = _candidate_pivots(pair, config)
-    geometry = row_geometry((pair.w_i, pair.w_j), pair.label_factors, -1.0, torch.tensor(candidates))
     labels = torch.arange(pair.state.num_labels)
-    choices = [
-        _choose_labels(y0, geometry.terms(labels, torch.tensor(y0), k), pair.duplicates, config)
-        for k, y0 in enumerate(candidates)
-    ]
+    choices = []
+    for batch in _batches(len(candidates), labels.numel()):
+        pivots = torch.tensor(candidates[batch])
+        geometry = row_geometry((pair.w_i, pair.w_j), pair.label_factors, -1.0, pivots)
+        for k, y0 in enumerate(pivots.tolist()):
+            choices.append(_choose_labels(y0, geometry.terms(labels, torch.tensor(y0), k), pair.duplicates, config))
     best = min(range(len(choices)), key=lambda k: (choices[k].t1, choices[k].pivot))
     return choices[best], len(candidates)
 
@@ -427,29 +439,36 @@ def _search_inputs(pair: _Pair, config: MeasureConfig) -> tuple[torch.Tensor, to
             start = (k % per_permutation) * size
             blocks.append(perm[start : start + size])
         tuples, search = torch.from_numpy(np.stack(blocks)), {"searched": True, "tuples": len(blocks)}
-    geometry = row_geometry((pair.reservoir_f_i, pair.reservoir_f_j), pair.input_factors, 1.0, tuples[:, 0])
-    s_i, s_j, r, p = geometry.terms(tuples[:, 1:], tuples[:, :1], torch.arange(len(tuples))[:, None])  # (n, m)
-    terms = torch.maximum(r, p)
+    terms, scales = [], []
+    for batch in _batches(len(tuples), ids.numel()):
+        block = tuples[batch]
+        geometry = row_geometry((pair.reservoir_f_i, pair.reservoir_f_j), pair.input_factors, 1.0, block[:, 0])
+        s_i, s_j, r, p = geometry.terms(block[:, 1:], block[:, :1], torch.arange(len(block))[:, None])  # (n, m)
+        terms.append(torch.maximum(r, p))
+        scales.append((s_i - s_j).abs())
+    terms, scales = torch.cat(terms), torch.cat(scales)
     chosen = 0
     if search["searched"]:
         scores = terms.max(1).values
         best = int(scores.argmin())
         chosen = best if scores[best] < 1 else 0
         search["chosen_tuple"] = chosen
-    return tuples[chosen], terms[chosen], (s_i - s_j)[chosen].abs(), search
+    return tuples[chosen], terms[chosen], scales[chosen], search
 
 
 # ---------------------------------------------------------------------------------------------- representations
 def _d_svd_f(pair: _Pair, pivot: int, label_sets: list[list[int]]) -> torch.Tensor:
     """d_SVD on the embedding side for each label set: (n_sets,)."""
-    sets = torch.tensor(label_sets)  # (n_sets, m)
-    l_i = pair.g_i(sets) - pair.g_i(pivot)  # (n_sets, m, M_i)
-    l_j = pair.g_j(sets) - pair.g_j(pivot)  # (n_sets, m, M_j)
-    cov = pair.cov
-    cov12 = l_i @ cov[pair.fi, pair.fj] @ l_j.transpose(1, 2)
-    var1 = ((l_i @ cov[pair.fi, pair.fi]) * l_i).sum(-1)
-    var2 = ((l_j @ cov[pair.fj, pair.fj]) * l_j).sum(-1)
-    return 1 - m_svd(cov12, var1, var2)
+    all_sets, cov, out = torch.tensor(label_sets), pair.cov, []  # (n_sets, m)
+    for batch in _batches(len(label_sets), pair.m * max(pair.m_i, pair.m_j)):
+        sets = all_sets[batch]
+        l_i = pair.g_i(sets) - pair.g_i(pivot)  # (batch, m, M_i)
+        l_j = pair.g_j(sets) - pair.g_j(pivot)  # (batch, m, M_j)
+        cov12 = l_i @ cov[pair.fi, pair.fj] @ l_j.transpose(1, 2)
+        var1 = ((l_i @ cov[pair.fi, pair.fi]) * l_i).sum(-1)
+        var2 = ((l_j @ cov[pair.fj, pair.fj]) * l_j).sum(-1)
+        out.append(1 - m_svd(cov12, var1, var2))
+    return torch.cat(out)
 
 
 def _d_svd_g(pair: _Pair, rows: torch.Tensor) -> float:
@@ -466,7 +485,7 @@ def _d_svd_g(pair: _Pair, rows: torch.Tensor) -> float:
 def _d_rep_sq(pair: _Pair, pivot_sets: list[tuple[int, list[int]]]) -> float | None:
     """Mean over (pivot, label set) of (1/N) sum_n ||f_i(x_n) - A_L f_j(x_n)||^2 with A_L = L_i^{-1} L_j.
 
-    All label sets are solved in one batch; those whose L_i is singular are skipped, None when all are.
+    The label sets are solved in batches; those whose L_i is singular are skipped, None when all are.
     """
     n = pair.state.count
     mean_i, mean_j = pair.mean[pair.fi], pair.mean[pair.fj]
@@ -474,15 +493,17 @@ def _d_rep_sq(pair: _Pair, pivot_sets: list[tuple[int, list[int]]]) -> float | N
     s_ii = second[pair.fi, pair.fi] + torch.outer(mean_i, mean_i)
     s_jj = second[pair.fj, pair.fj] + torch.outer(mean_j, mean_j)
     s_ij = second[pair.fi, pair.fj] + torch.outer(mean_i, mean_j)
-    pivots = torch.tensor([pivot for pivot, _ in pivot_sets])[:, None]  # (n_sets, 1)
-    sets = torch.tensor([labels for _, labels in pivot_sets])  # (n_sets, M)
-    align, info = torch.linalg.solve_ex(pair.g_i(sets) - pair.g_i(pivots), pair.g_j(sets) - pair.g_j(pivots))
-    align = align[info == 0]  # a singular label set: the diversity condition fails there
-    if align.shape[0] == 0:
-        return None
-    # trace(A S_ij^T) and trace(A S_jj A^T) as elementwise sums.
-    values = torch.trace(s_ii) - 2 * (align * s_ij).sum((1, 2)) + ((align @ s_jj) * align).sum((1, 2))
-    return max(0.0, float(values.mean()))  # >= 0 but for rounding
+    all_pivots = torch.tensor([pivot for pivot, _ in pivot_sets])[:, None]  # (n_sets, 1)
+    all_sets = torch.tensor([labels for _, labels in pivot_sets])  # (n_sets, M)
+    values = []
+    for batch in _batches(len(pivot_sets), pair.m * pair.m):
+        sets, pivots = all_sets[batch], all_pivots[batch]
+        align, info = torch.linalg.solve_ex(pair.g_i(sets) - pair.g_i(pivots), pair.g_j(sets) - pair.g_j(pivots))
+        align = align[info == 0]  # a singular label set: the diversity condition fails there
+        # trace(A S_ij^T) and trace(A S_jj A^T) as elementwise sums.
+        values.append(torch.trace(s_ii) - 2 * (align * s_ij).sum((1, 2)) + ((align @ s_jj) * align).sum((1, 2)))
+    values = torch.cat(values)
+    return max(0.0, float(values.mean())) if values.numel() else None  # >= 0 but for rounding
 
 
 # ---------------------------------------------------------------------------------------------- entry point

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hf_repsim import compare_representations
+from hf_repsim import compare_representations, measures
 from hf_repsim.constructions import perturbation_pair
 from tests.conftest import EXACT_RTOL
 from tests.direct import all_label_sets, direct_measures, log_probs
@@ -30,3 +30,17 @@ def test_statistics_route_equals_the_log_probability_matrix(seed, with_bias):
         assert out[key] == pytest.approx(value, rel=EXACT_RTOL, abs=1e-14), key
     assert out["d_llv"] == pytest.approx(max(out["t1"], out["t2"], 1e-5 * out["t3"], 1e-5 * out["t4"]), rel=1e-15)
     assert out["d_fg"] == max(out["d_svd_f"], out["d_svd_g"])
+
+
+def test_work_split_into_small_batches_gives_the_same_measures(monkeypatch):
+    """Pivots, input tuples and label sets are processed in memory-bounded batches; the split changes nothing."""
+    f1, g1, f2, g2 = perturbation_pair(60, 4, num_contexts=400, scale=0.3, seed=5)
+    whole = compare_representations(f1, g1, f2, g2, num_samples=50)
+    monkeypatch.setattr(measures, "_BATCH_ELEMENTS", 100)  # a few pivots, tuples or label sets per batch
+    assert len(measures._batches(60, 60)) == 60 and len(measures._batches(32, 16)) == 6
+    split = compare_representations(f1, g1, f2, g2, num_samples=50)
+    for key, value in whole.items():
+        if isinstance(value, float):
+            assert split[key] == pytest.approx(value, rel=1e-13, abs=1e-15), key
+        else:
+            assert split[key] == value, key
