@@ -155,7 +155,10 @@ class RowGeometry:
             column: which columns of ``cross_*`` belong to those pivots (the same broadcast shape).
 
         Returns:
-            Four tensors of the broadcast shape. At a row equal to its pivot, s = 0 and R, P are not finite.
+            Four tensors of the broadcast shape. The scales come from expanded squared norms of vectors centred over
+            the rows, so they carry a relative error of about eps (spread / s)^2, the spread being that of the rows:
+            negligible but for rows that nearly coincide with their pivot. At the pivot itself s is zero up to
+            rounding, and R and P mean nothing there.
         """
         s_i = (self.sq_i[rows] + self.sq_i[pivots] - 2 * self.cross_i[rows, column]).clamp(min=0).sqrt()
         s_j = (self.sq_j[rows] + self.sq_j[pivots] - 2 * self.cross_j[rows, column]).clamp(min=0).sqrt()
