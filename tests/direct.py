@@ -53,6 +53,37 @@ def direct_measures(l1, l2, pivot, left_out, input_set, label_sets) -> dict:
     }
 
 
+def direct_representation_measures(f1, g1, f2, g2, pivot_sets) -> dict:
+    """m_CCA, d_rep^2, CKA and Procrustes from the full (n_contexts, M) and (n_labels, M) matrices.
+
+    d_rep^2 is averaged over the given (pivot, label set) pairs.
+    """
+
+    def mean_cca(x: np.ndarray, y: np.ndarray) -> float:
+        qx, qy = np.linalg.qr(x - x.mean(0))[0], np.linalg.qr(y - y.mean(0))[0]
+        return float(np.linalg.svd(qx.T @ qy, compute_uv=False).sum() / min(x.shape[1], y.shape[1]))
+
+    def unbiased_hsic(k: np.ndarray, l: np.ndarray) -> float:
+        n = len(k)
+        k, l = k - np.diag(np.diag(k)), l - np.diag(np.diag(l))
+        ones = np.ones(n)
+        total = np.trace(k @ l) + (ones @ k @ ones) * (ones @ l @ ones) / ((n - 1) * (n - 2))
+        return (total - 2 / (n - 2) * ones @ k @ l @ ones) / (n * (n - 3))
+
+    x, y = f1 - f1.mean(0), f2 - f2.mean(0)
+    gram_x, gram_y = x @ x.T, y @ y.T  # (n_contexts, n_contexts)
+    cka = unbiased_hsic(gram_x, gram_y) / np.sqrt(unbiased_hsic(gram_x, gram_x) * unbiased_hsic(gram_y, gram_y))
+    x, y = x / np.linalg.norm(x), y / np.linalg.norm(y)
+    residuals = []
+    for pivot, labels in pivot_sets:
+        align = np.linalg.solve(g1[labels] - g1[pivot], g2[labels] - g2[pivot])
+        residuals.append(np.mean(np.sum((f1 - f2 @ align.T) ** 2, axis=1)))
+    return {
+        "m_cca_f": mean_cca(f1, f2), "m_cca_g": mean_cca(g1, g2), "d_rep_sq": float(np.mean(residuals)),
+        "cka": float(cka), "procrustes": float(2 - 2 * np.linalg.svd(x.T @ y, compute_uv=False).sum()),
+    }
+
+
 def all_label_sets(num_labels: int, m: int, exclude: tuple[int, ...]) -> list[list[int]]:
     pool = [y for y in range(num_labels) if y not in exclude]
     return [list(c) for c in itertools.combinations(pool, m)]

@@ -8,7 +8,7 @@ import pytest
 from hf_repsim import compare_representations, measures
 from hf_repsim.constructions import perturbation_pair
 from tests.conftest import EXACT_RTOL
-from tests.direct import all_label_sets, direct_measures, log_probs
+from tests.direct import all_label_sets, direct_measures, direct_representation_measures, log_probs
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -30,6 +30,20 @@ def test_statistics_route_equals_the_log_probability_matrix(seed, with_bias):
         assert out[key] == pytest.approx(value, rel=EXACT_RTOL, abs=1e-14), key
     assert out["d_llv"] == pytest.approx(max(out["t1"], out["t2"], 1e-5 * out["t3"], 1e-5 * out["t4"]), rel=1e-15)
     assert out["d_fg"] == max(out["d_svd_f"], out["d_svd_g"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_representation_measures_equal_the_full_matrices(seed):
+    num_labels, hidden = 5, 3
+    f1, g1, f2, g2 = perturbation_pair(num_labels, hidden, num_contexts=300, scale=0.3, seed=seed)
+    out = compare_representations(f1, g1, f2, g2, seed=seed)
+    # 5 labels, M = 3: the library averages d_rep over all 5 * C(4, 3) = 20 (pivot, label set) pairs.
+    pivot_sets = [(y0, list(s)) for y0 in range(num_labels) for s in all_label_sets(num_labels, hidden, (y0,))]
+    expected = direct_representation_measures(f1, g1, f2, g2, pivot_sets)
+    for key, value in expected.items():
+        assert out[key] == pytest.approx(value, rel=EXACT_RTOL), key
+    assert out["bound"] == pytest.approx(2 * hidden * out["d_llv"], rel=1e-15)
+    assert out["bound_holds"] == (out["d_fg"] <= out["bound"])
 
 
 def test_work_split_into_small_batches_gives_the_same_measures(monkeypatch):
