@@ -2,29 +2,41 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
 from hf_repsim.heads import Head
-from hf_repsim.measures import MeasureConfig, compute_measures
+from hf_repsim.measures import MeasureConfig, check_label_count, compute_measures
 from hf_repsim.stats import RepSimState
 
-#: Contexts per update when the arrays are fed to the statistics (bounds the (batch, n_labels) temporaries).
-_BATCH = 4096
+#: Logit entries per model per update when the arrays are fed to the statistics: bounds the (batch, n_labels)
+#: float64 temporaries (128 MB a model) whatever the vocabulary.
+_BATCH_ELEMENTS = 1 << 24
 
 
 def as_float64(array: Any, name: str, ndim: int) -> torch.Tensor:
-    """A numpy array or torch tensor of any float dtype as a float64 CPU tensor, with a clear error otherwise."""
+    """A numpy array or torch tensor of real numbers as a float64 CPU tensor, with a clear error otherwise.
+
+    Any float or integer dtype is accepted (numpy's of either byte order, strided or reversed views included);
+    booleans, complex numbers and masked arrays are refused.
+    """
+    if isinstance(array, np.ma.MaskedArray):
+        raise TypeError(
+            f"Expected {name} as a plain array, got a numpy masked array; fill or drop the masked entries first."
+        )
     if isinstance(array, np.ndarray):
-        tensor = torch.from_numpy(np.asarray(array))
+        if array.dtype.kind not in "fiu":
+            raise TypeError(f"Expected {name} with a real (float or integer) dtype, got {array.dtype}.")
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
     elif isinstance(array, torch.Tensor):
         tensor = array.detach().cpu()
+        if tensor.dtype == torch.bool or tensor.is_complex():
+            raise TypeError(f"Expected {name} with a real (float or integer) dtype, got {tensor.dtype}.")
     else:
         raise TypeError(f"Expected {name} as a numpy array or torch tensor, got {type(array).__name__}.")
-    if not (tensor.is_floating_point() or tensor.dtype in (torch.int32, torch.int64)):
-        raise TypeError(f"Expected {name} with a float dtype, got {tensor.dtype}.")
     if tensor.ndim != ndim:
         raise ValueError(f"Expected {name} with {ndim} dimensions, got shape {tuple(tensor.shape)}.")
     tensor = tensor.to(torch.float64)
@@ -69,8 +81,21 @@ def compare_representations(
         A dict with the keys of :data:`hf_repsim.measures.MEASURE_KEYS` (floats, ints, lists; None where a
         measure is undefined, e.g. the bound and d_rep_sq when the hidden sizes differ).
 
+        kl, kl_reverse, js, d_logit_sq, d_llv (t1..t4), d_svd_f, d_svd_g, d_fg, m_cca_f and m_cca_g are
+        invariant to f -> A f, g -> A^{-T} g + c of either model (A invertible), as are the choices of pivot,
+        left-out label and input set; d_rep_sq to that transform of the second model only (it is measured in
+        the first model's coordinates). cka and procrustes are not: they forgive rotations and isotropic scaling.
+        See :mod:`hf_repsim.measures` for each measure and its limits.
+
+    Warns:
+        UserWarning: when the diversity condition fails (rank-deficient representations): the measures then
+        describe the span that is there, and identifiability does not hold.
+
     Raises:
-        ValueError: mismatched shapes, too few contexts or labels, non-finite values, a label out of range.
+        ValueError: mismatched shapes, too few contexts or labels, non-finite values, a label out of range, a
+            model whose f or g does not vary.
+        TypeError: arrays that are not real-valued numpy arrays or torch tensors, settings that are not integers
+            where integers are expected (seed, labels, input_set).
 
     Example:
         >>> import numpy as np
@@ -97,14 +122,20 @@ def compare_representations(
         seed=seed,
         pivot_label=pivot_label,
         left_out_label=left_out_label,
-        input_set=None if input_set is None else [int(c) for c in input_set],
+        input_set=input_set,
     )
-    n = f1.shape[0]
-    state = RepSimState([f1.shape[1], f2.shape[1]], num_labels=g1.shape[0], reservoir_size=max(n, 1), seed=seed)
-    for start in range(0, n, _BATCH):
-        rows = slice(start, start + _BATCH)
+    check_label_count(g1.shape[0], min(f1.shape[1], f2.shape[1]), config)
+    n, num_labels = f1.shape[0], g1.shape[0]
+    state = RepSimState([f1.shape[1], f2.shape[1]], num_labels=num_labels, reservoir_size=max(n, 1), seed=config.seed)
+    batch = max(1, _BATCH_ELEMENTS // num_labels)
+    for start in range(0, n, batch):
+        rows = slice(start, start + batch)
         state.update([f1[rows], f2[rows]], [heads[0].logits(f1[rows]), heads[1].logits(f2[rows])])
-    return compute_measures(state, heads, (0, 1), config).as_dict()
+    measures = compute_measures(state, heads, (0, 1), config)
+    note = measures.details["diversity"]["note"]
+    if note is not None:
+        warnings.warn(f"compare_representations: {note}.", stacklevel=2)
+    return measures.as_dict()
 
 
 def _head(g: torch.Tensor, bias: Any, f: torch.Tensor, which: str) -> Head:

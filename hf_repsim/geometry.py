@@ -36,14 +36,19 @@ ROW_CHUNK = 2048
 def psd_factor(cov: torch.Tensor) -> torch.Tensor:
     """A factor L with L L^T = cov for a symmetric positive semi-definite (D, D) matrix: (D, D).
 
-    Eigenvalues within rounding of zero (below D * eps * the largest) are set to zero: their square roots would
-    otherwise add noise of relative size sqrt(eps) to every standard deviation read off the factor, and two
-    identical models would not come out identical. A standard deviation read off the factor is therefore exact
-    to about sqrt(D * eps) ~ 1e-7 of the largest one: the resolution of any measure built on second moments.
+    The variables are first brought to unit variance (cov = S C S with S the standard deviations), so that
+    variables of very different scales (features of size 1e5 beside log-normalisers of size 1) are each resolved
+    to their own precision, then C is factored by its eigendecomposition. Eigenvalues of C within rounding of zero
+    (below D * eps * the largest) are set to zero: their square roots would otherwise add noise of relative size
+    sqrt(eps) to every standard deviation read off the factor, and two identical models would not come out
+    identical. A standard deviation read off the factor is therefore exact to about sqrt(D * eps) ~ 1e-7 of the
+    largest one it could be for those scales: the resolution of any measure built on second moments.
     """
-    eigval, eigvec = torch.linalg.eigh(cov)
+    scale = cov.diagonal().clamp(min=0).sqrt()
+    scale = torch.where(scale > 0, scale, 1)
+    eigval, eigvec = torch.linalg.eigh(cov / scale[:, None] / scale[None, :])
     floor = cov.shape[0] * torch.finfo(cov.dtype).eps * eigval.abs().max()
-    return eigvec * torch.where(eigval > floor, eigval, 0).sqrt()
+    return scale[:, None] * eigvec * torch.where(eigval > floor, eigval, 0).sqrt()
 
 
 def block_factor(cov: torch.Tensor, split: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -77,6 +78,9 @@ class MeasureConfig:
         degenerate_tol: a label whose log-ratio scale s_k(y) is at most this fraction of the median scale (for
             the chosen pivot) is degenerate: excluded from t1, t3 and the label sets, and counted.
         cca_rcond: eigenvalues of a covariance below this fraction of its largest are treated as zero in CCA.
+            The covariance of A f has a condition number up to cond(A)^2 times that of f, so m_cca keeps its
+            invariance for cond(A)^2 cond(Cov f) below 1 / cca_rcond (cond(A) up to about 1e5 for a
+            well-spread f); beyond that, the weakest directions are dropped and count as uncorrelated.
         pivot_label, left_out_label, input_set: fix the choices instead of searching (input_set holds context
             ids: the pivot input first, then M inputs).
     """
@@ -94,6 +98,14 @@ class MeasureConfig:
     input_set: list[int] | None = None
 
     def __post_init__(self) -> None:
+        for name in ("seed", "num_samples", "num_pivots", "num_left_out", "num_label_sets"):
+            setattr(self, name, _integer(name, getattr(self, name)))
+        for name in ("pivot_label", "left_out_label"):
+            if getattr(self, name) is not None:
+                setattr(self, name, _integer(name, getattr(self, name), "a label id or None"))
+        if self.input_set is not None:
+            ids = self.input_set.tolist() if hasattr(self.input_set, "tolist") else list(self.input_set)
+            self.input_set = [_integer("input_set", c, "a list of context ids") for c in ids]
         for name in ("num_samples", "num_pivots", "num_label_sets"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Expected {name} >= 1, got {getattr(self, name)}.")
@@ -101,6 +113,13 @@ class MeasureConfig:
             raise ValueError(f"Expected num_left_out >= 0, got {self.num_left_out}.")
         if not self.lam >= 0:
             raise ValueError(f"Expected lam >= 0, got {self.lam}.")
+
+
+def _integer(name: str, value: Any, what: str = "an integer") -> int:
+    """``value`` as a Python int, or a TypeError that names the setting (a float or a bool is not an id)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"Expected {name} to be {what} (integers), got {value!r} of type {type(value).__name__}.")
+    return int(value)
 
 
 @dataclass
@@ -138,11 +157,12 @@ def m_svd(cov12: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor) -> torch.
 
     Returns:
         (...,) values in [0, 1]. A column with zero variance (the diversity condition fails) correlates with
-        nothing: its row or column of the correlation is 0, never NaN.
+        nothing: its row or column of the correlation is 0, never NaN. The nuclear norm of a correlation matrix is
+        at most m; a sum a rounding above that is clamped, so that d_SVD is never negative.
     """
     scale = var1.clamp(min=0).sqrt()[..., :, None] * var2.clamp(min=0).sqrt()[..., None, :]
     corr = torch.where(scale > 0, cov12 / torch.where(scale > 0, scale, 1), 0)
-    return torch.linalg.svdvals(corr).sum(-1) / corr.shape[-1]
+    return (torch.linalg.svdvals(corr).sum(-1) / corr.shape[-1]).clamp(max=1)
 
 
 def effective_rank(eigenvalues: torch.Tensor) -> float:
@@ -204,7 +224,9 @@ def debiased_linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     n = x.shape[0]
     if n < 4:
         raise ValueError(f"Expected at least 4 contexts for the debiased CKA, got {n}.")
-    x, y = x - x.mean(0), y - y.mean(0)
+    # CKA ignores translation and the scale of either input: centred, unit-norm inputs keep the fourth powers
+    # below in range whatever the features' size.
+    x, y = _unit_norm(x - x.mean(0)), _unit_norm(y - y.mean(0))
 
     def hsic(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         diag_a, diag_b = a.square().sum(1), b.square().sum(1)  # (n,) the Gram diagonals
@@ -216,6 +238,15 @@ def debiased_linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
 
     denominator = (hsic(x, x) * hsic(y, y)).sqrt()
     return float(hsic(x, y) / denominator) if denominator > 0 else 0.0
+
+
+def _unit_norm(x: torch.Tensor) -> torch.Tensor:
+    """x divided by its Frobenius norm (x itself if zero), scaled by its largest entry first so the norm is finite."""
+    largest = x.abs().max()
+    if largest == 0:
+        return x
+    x = x / largest
+    return x / x.norm()
 
 
 def procrustes_distance(cov11: torch.Tensor, cov22: torch.Tensor, cov12: torch.Tensor) -> float:
@@ -231,7 +262,7 @@ def procrustes_distance(cov11: torch.Tensor, cov22: torch.Tensor, cov12: torch.T
     Returns:
         The distance in [0, 2].
     """
-    scale = (torch.trace(cov11) * torch.trace(cov22)).sqrt()
+    scale = torch.trace(cov11).sqrt() * torch.trace(cov22).sqrt()  # each root first: no overflow
     if scale <= 0:
         return 0.0
     return max(0.0, float(2 - 2 * torch.linalg.svdvals(cov12).sum() / scale))  # >= 0 but for rounding
@@ -284,14 +315,38 @@ class _Pair:
         (self.w_i, self.b_i), (self.w_j, self.b_j) = (
             _head(heads[k], state.hidden_sizes[k], state.num_labels) for k in (i, j)
         )
+        self.gamma = label_covariance((self.w_i, self.w_j), (self.b_i, self.b_j))
+        self._check_moments()
         self.duplicates = duplicate_rows(self.w_i, self.b_i) | duplicate_rows(self.w_j, self.b_j)
         # Label side: sd over contexts of [g; -1]^T phi, read off a factor of Sigma.
         self.label_factors = block_factor(self.cov, self.m_i + 1)
         # Input side: sd over labels of [f; 1]^T [g; b], read off a factor of Gamma.
-        self.gamma = label_covariance((self.w_i, self.w_j), (self.b_i, self.b_j))
         self.input_factors = block_factor(self.gamma, self.m_i + 1)
         phi = state.reservoir_phi[:, self.index]
         self.reservoir_f_i, self.reservoir_f_j = phi[:, self.fi], phi[:, self.fj]
+
+    def _check_moments(self) -> None:
+        """Refuse second moments that overflowed, and a model whose f or g does not vary: nothing to compare."""
+        for name, cov, what in (("Sigma", self.cov, "features f"), ("Gamma", self.gamma, "label vectors g")):
+            if not all_finite(cov):
+                raise ValueError(
+                    f"Expected {what} whose second moments fit in float64, got an overflowing covariance ({name}); "
+                    "rescale the features f (and g inversely: logits are unchanged) to moderate sizes."
+                )
+        # Zero variance at float64 precision: a spread below 1e-12 of the mean's size is rounding, not signal.
+        # Gamma's (g_i, b_i, g_j, b_j) sit where Sigma's (f_i, logZ_i, f_j, logZ_j) do.
+        for model, block, w in (("the first", self.fi, self.w_i), ("the second", self.fj, self.w_j)):
+            if _no_spread(self.cov[block, block], self.mean[block]):
+                raise ValueError(
+                    f"Expected the features f of {model} model to vary over the contexts, got no spread that "
+                    "float64 holds (the same f for every context, or values so small their squares underflow): such a "
+                    "model has no representation to compare."
+                )
+            if _no_spread(self.gamma[block, block], w.sum(0, dtype=torch.float64) / w.shape[0]):
+                raise ValueError(
+                    f"Expected the label vectors g of {model} model to differ between labels, got the same vector "
+                    "for every label (at float64 precision): such a model predicts one distribution whatever f is."
+                )
 
     def g_i(self, labels: torch.Tensor | list[int] | int) -> torch.Tensor:
         """Model i's label vectors g_i(labels) in float64: (..., M_i)."""
@@ -300,6 +355,11 @@ class _Pair:
     def g_j(self, labels: torch.Tensor | list[int] | int) -> torch.Tensor:
         """Model j's label vectors g_j(labels) in float64: (..., M_j)."""
         return self.w_j[labels].double()
+
+
+def _no_spread(cov: torch.Tensor, mean: torch.Tensor) -> bool:
+    """Whether vectors with this covariance and mean are all the same but for rounding (spread <= 1e-12 |mean|)."""
+    return bool(cov.diagonal().sum() <= 1e-24 * mean.square().sum())
 
 
 def _head(head: Head, hidden: int, num_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -658,6 +718,15 @@ def _pivot_sets(pool: list[int], m: int, limit: int, rng: np.random.Generator) -
     return pairs
 
 
+def check_label_count(num_labels: int, m: int, config: MeasureConfig) -> None:
+    """Refuse fewer labels than the measures need: a pivot, M = m others and the left-out labels."""
+    needed = m + 1 + (config.num_left_out if config.left_out_label is None else 1)
+    if num_labels < needed:
+        raise ValueError(
+            f"Expected at least {needed} labels (a pivot, M = {m} others and the left-out labels), got {num_labels}."
+        )
+
+
 def _check_request(state: RepSimState, heads: Sequence[Head], i: int, j: int, config: MeasureConfig) -> None:
     k = state.num_models
     if len(heads) != k:
@@ -670,12 +739,7 @@ def _check_request(state: RepSimState, heads: Sequence[Head], i: int, j: int, co
             f"Expected at least M + 1 = {m + 1} contexts (the input diversity condition needs them), got "
             f"{state.count}; feed more contexts."
         )
-    needed = m + 1 + (config.num_left_out if config.left_out_label is None else 1)
-    if state.num_labels < needed:
-        raise ValueError(
-            f"Expected at least {needed} labels (a pivot, M = {m} others and the left-out labels), got "
-            f"{state.num_labels}."
-        )
+    check_label_count(state.num_labels, m, config)
     for name in ("pivot_label", "left_out_label"):
         label = getattr(config, name)
         if label is not None and not 0 <= label < state.num_labels:

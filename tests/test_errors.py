@@ -89,3 +89,87 @@ def test_repeated_label_rows_are_excluded_counted_and_keep_the_label_sets_divers
     assert {5, 7} <= set(out.details["degenerate_label_ids"]) and 4 not in out.details["degenerate_label_ids"]
     assert out.details["diversity"]["holds"] is True
     assert out.values["d_rep_sq"] is not None and np.isfinite(out.values["d_rep_sq"])
+
+
+def test_a_single_label_is_refused_with_the_number_needed(pair):
+    f1, g1, f2, g2 = pair
+    with pytest.raises(ValueError, match=r"Expected at least 5 labels .* got 1"):
+        compare_representations(f1, g1[:1], f2, g2[:1])
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"pivot_label": 3.0}, r"pivot_label to be a label id or None \(integers\), got 3.0 of type float"),
+        ({"left_out_label": True}, r"left_out_label to be a label id or None \(integers\), got True"),
+        ({"input_set": [0.5, 1, 2, 3]}, r"input_set to be a list of context ids \(integers\), got 0.5"),
+        ({"seed": None}, r"seed to be an integer \(integers\), got None"),
+    ],
+)
+def test_settings_that_must_be_integers(pair, settings, message):
+    with pytest.raises(TypeError, match=message):
+        compare_representations(*pair, **settings)
+
+
+def test_integer_settings_of_numpy_types_are_accepted(pair):
+    plain = compare_representations(*pair, pivot_label=2, input_set=[0, 1, 2, 3])
+    numpy = compare_representations(*pair, pivot_label=np.int64(2), input_set=np.arange(4))
+    assert numpy == plain and type(numpy["pivot_label"]) is int
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_model_whose_features_do_not_vary(pair, which):
+    arrays = list(pair)
+    arrays[2 * which] = np.zeros_like(arrays[0]) + [0.1, 0.7, 1 / 3]  # the same f for every context
+    model = ("first", "second")[which]
+    with pytest.raises(ValueError, match=rf"features f of the {model} model to vary over the contexts"):
+        compare_representations(*arrays)
+
+
+def test_a_model_whose_label_vectors_are_all_the_same(pair):
+    f1, g1, f2, g2 = pair
+    with pytest.raises(ValueError, match=r"label vectors g of the second model to differ between labels"):
+        compare_representations(f1, g1, f2, np.zeros_like(g2) + [0.1, 0.7, 1 / 3])
+
+
+def test_features_whose_second_moments_overflow(pair):
+    f1, g1, f2, g2 = pair
+    with pytest.raises(ValueError, match=r"second moments fit in float64, got an overflowing covariance"):
+        compare_representations(f1 * 1e160, g1 / 1e160, f2, g2)
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.ma.masked_array(np.ones((50, 3)), mask=False), r"f1 as a plain array, got a numpy masked array"),
+        (np.ones((50, 3), dtype=bool), r"f1 with a real \(float or integer\) dtype, got bool"),
+        (torch.ones(50, 3, dtype=torch.complex64), r"f1 with a real \(float or integer\) dtype, got torch.complex64"),
+    ],
+)
+def test_arrays_that_are_not_real_numbers(pair, array, message):
+    _, g1, f2, g2 = pair
+    with pytest.raises(TypeError, match=message):
+        compare_representations(array, g1, f2, g2)
+
+
+def test_any_real_dtype_layout_and_byte_order_is_read_as_float64(pair):
+    f1, g1, f2, g2 = pair
+    plain = compare_representations(f1, g1, f2, g2)
+    reversed_rows = compare_representations(f1[::-1].copy()[::-1], g1, f2, g2)  # a negative-stride view
+    big_endian = compare_representations(f1.astype(">f8"), g1, f2, g2)
+    long_double = compare_representations(f1.astype(np.longdouble), g1, f2, g2)
+    assert reversed_rows == plain and big_endian == plain and long_double == plain
+    counts = np.random.default_rng(0).integers(0, 11, size=(50, 3))  # every dtype below holds them
+    for dtype in (np.int8, np.uint8, np.int32, np.int64):
+        assert compare_representations(counts.astype(dtype), g1, f2, g2) == compare_representations(
+            counts.astype(np.float64), g1, f2, g2
+        )
+
+
+def test_rank_deficient_features_warn_that_identifiability_does_not_hold(pair):
+    f1, g1, f2, g2 = pair
+    f1 = f1.copy()
+    f1[:, 2] = 0.0  # one direction of f never used
+    with pytest.warns(UserWarning, match=r"diversity condition fails on the input side"):
+        out = compare_representations(f1, g1, f2, g2)
+    assert out["m_cca_f"] < 0.7  # the dead direction counts as uncorrelated

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from hf_repsim import compare_representations
 from hf_repsim.constructions import perturbation_pair
+from hf_repsim.measures import m_svd
 
 #: float64, with transforms of condition number up to 1e3: rounding is amplified by at most ~cond^2.
 INVARIANCE_RTOL = 1e-8
@@ -111,3 +113,21 @@ def test_procrustes_claims(seed):
     moved = compare_representations(f1, g1, 2.5 * f2 @ q.T, g2 @ q / 2.5)["procrustes"]
     assert moved == pytest.approx(base, rel=1e-9)
     assert 0 <= base <= 2
+
+
+@pytest.mark.parametrize("scale", [1e-20, 1e-5, 1e5, 1e20, 1e60])
+def test_identical_models_stay_identical_at_any_scale_of_f(scale):
+    """f -> s f, g -> g / s is a paired transform too: features far from unit size lose no digits."""
+    f1, g1, _, _ = model_pair(30, 4, seed=0)
+    out = compare_representations(f1 * scale, g1 / scale, f1 * scale, g1 / scale, num_samples=20)
+    assert out["d_llv"] < 1e-13 and out["d_svd_f"] < 1e-13 and out["d_svd_g"] < 1e-13
+    assert out["m_cca_f"] == pytest.approx(1, abs=1e-12) and out["cka"] == pytest.approx(1, abs=1e-12)
+    assert out["procrustes"] == pytest.approx(0, abs=1e-12)
+
+
+def test_m_svd_of_a_correlation_a_rounding_above_one_is_one():
+    """The nuclear norm of a correlation matrix is at most m: d_SVD = 1 - m_SVD is never negative."""
+    ones = torch.ones(2, 3, dtype=torch.float64)
+    cov = torch.eye(3, dtype=torch.float64).expand(2, 3, 3) * torch.tensor([1 + 4e-15, 0.5], dtype=torch.float64)[:, None, None]
+    values = m_svd(cov, ones, ones)
+    assert values[0] == 1 and values[1] == pytest.approx(0.5)
