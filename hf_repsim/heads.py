@@ -43,6 +43,8 @@ class Head:
         return self.weight.shape[1]
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits of the family for (batch, hidden) features: (batch, n_labels), in the dtype of ``weight``."""
-        logits = features.to(self.weight.dtype) @ self.weight.T
-        return logits if self.bias is None else logits + self.bias.to(self.weight.dtype)
+        """Logits of the family for (batch, hidden) features: (batch, n_labels), in the dtype of ``weight`` or
+        float32 if that is narrower (a bfloat16 product would round the logits far below the measures' needs)."""
+        dtype = torch.promote_types(self.weight.dtype, torch.float32)
+        logits = features.to(dtype) @ self.weight.to(dtype).T
+        return logits if self.bias is None else logits + self.bias.to(dtype)

@@ -14,6 +14,10 @@ two distributions, or of CCA, which is invariant to any invertible linear map). 
 in the first model's coordinates: invariant to the transform applied to the second model only.
 The contrast baselines are not: CKA is invariant to orthogonal maps and isotropic scaling of f;
 the Procrustes distance to orthogonal maps, isotropic scaling and translation of f.
+
+Where the inputs come from: everything but CKA and the input side (t2, t4, d_svd_g) is computed from the
+moments of every context; those three use the contexts kept in the reservoir (all of them when the
+reservoir is at least as large as the data, as in :func:`hf_repsim.compare_representations`).
 """
 
 from __future__ import annotations
@@ -76,7 +80,10 @@ class MeasureConfig:
         num_label_sets: label diversity sets for d_SVD_f and (pivot, set) pairs for d_rep^2. All of them are
             used when there are at most this many; otherwise this many are sampled with ``seed``.
         degenerate_tol: a label whose log-ratio scale s_k(y) is at most this fraction of the median scale (for
-            the chosen pivot) is degenerate: excluded from t1, t3 and the label sets, and counted.
+            the chosen pivot) is degenerate: excluded from t1, t3 and the label sets, and counted. So is a label
+            whose row (g, b) repeats an earlier label's in both models (one label twice, as never-trained
+            vocabulary rows often are). A row repeated in one model only stays in t1 and t3 (the other model
+            tells the two labels apart) but is kept out of the label sets, which it would make singular.
         cca_rcond: eigenvalues of a covariance below this fraction of its largest are treated as zero in CCA.
             The covariance of A f has a condition number up to cond(A)^2 times that of f, so m_cca keeps its
             invariance for cond(A)^2 cond(Cov f) below 1 / cca_rcond (cond(A) up to about 1e5 for a
@@ -223,7 +230,10 @@ def debiased_linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     """
     n = x.shape[0]
     if n < 4:
-        raise ValueError(f"Expected at least 4 contexts for the debiased CKA, got {n}.")
+        raise ValueError(
+            f"Expected at least 4 contexts for the debiased CKA, got {n}; it is computed on the contexts kept in the "
+            "reservoir, so raise reservoir_size."
+        )
     # CKA ignores translation and the scale of either input: centred, unit-norm inputs keep the fourth powers
     # below in range whatever the features' size.
     x, y = _unit_norm(x - x.mean(0)), _unit_norm(y - y.mean(0))
@@ -317,7 +327,12 @@ class _Pair:
         )
         self.gamma = label_covariance((self.w_i, self.w_j), (self.b_i, self.b_j))
         self._check_moments()
-        self.duplicates = duplicate_rows(self.w_i, self.b_i) | duplicate_rows(self.w_j, self.b_j)
+        # A row repeating an earlier one in BOTH models is that label twice (never-trained rows often share one
+        # value): left out of d_LLV. A row repeating in ONE model only is a real label for d_LLV (the other model
+        # tells the two apart: that is a difference to see), but it would make that model's label sets singular.
+        repeats_i, repeats_j = duplicate_rows(self.w_i, self.b_i), duplicate_rows(self.w_j, self.b_j)
+        self.duplicates = repeats_i & repeats_j
+        self.repeats_in_one = repeats_i ^ repeats_j
         # Label side: sd over contexts of [g; -1]^T phi, read off a factor of Sigma.
         self.label_factors = block_factor(self.cov, self.m_i + 1)
         # Input side: sd over labels of [f; 1]^T [g; b], read off a factor of Gamma.
@@ -397,8 +412,7 @@ def _choose_labels(
     """Given s_i, s_j, R, P of every label for one pivot: the degenerate and left-out labels, t1 and t3.
 
     Degenerate: a log-ratio scale at or below ``degenerate_tol`` times the median, or a row of g (and b) repeating an
-    earlier label's in either model (``duplicates``: such labels are one label twice, and would make label sets
-    singular).
+    earlier label's in both models (``duplicates``: such labels are one label twice).
     """
     s_i, s_j, r, p = label_terms
     labels = torch.arange(s_i.shape[0])
@@ -602,12 +616,13 @@ def compute_measures(
 
     # Representations: label sets for d_SVD_f, (pivot, set) pairs for d_rep.
     rng = np.random.default_rng(config.seed)
-    if len(choice.eligible) < p.m:
+    pool = [y for y in choice.eligible if not p.repeats_in_one[y]]  # a repeated row would make a set singular
+    if len(pool) < p.m:
         raise ValueError(
             f"Expected at least M = {p.m} usable labels besides the pivot and the left-out labels, got "
-            f"{len(choice.eligible)}; the label diversity condition cannot hold."
+            f"{len(pool)}; the label diversity condition cannot hold."
         )
-    label_sets = _subsets(choice.eligible, p.m, config.num_label_sets, rng)
+    label_sets = _subsets(pool, p.m, config.num_label_sets, rng)
     d_svd_f_all = _d_svd_f(p, choice.pivot, label_sets)
     worst_set = label_sets[int(d_svd_f_all.argmax())]
     diversity = _diversity(p, choice.pivot, worst_set, rows, config)
@@ -615,7 +630,7 @@ def compute_measures(
     d_fg = max(d_svd_f, d_svd_g)
     d_rep_sq = None
     if p.m_i == p.m_j:
-        distinct = torch.nonzero(~p.duplicates).flatten().tolist()
+        distinct = torch.nonzero(~(p.duplicates | p.repeats_in_one)).flatten().tolist()
         d_rep_sq = _d_rep_sq(p, _pivot_sets(distinct, p.m, config.num_label_sets, rng))
 
     cov = p.cov
@@ -656,6 +671,7 @@ def compute_measures(
         "left_out_labels": choice.left_out,
         "degenerate_labels": len(choice.degenerate),
         "degenerate_label_ids": choice.degenerate[:100],
+        "labels_repeated_in_one_model": int(p.repeats_in_one.sum()),
         "label_sets": {"count": len(label_sets), "size": p.m, "seed": config.seed},
         "d_svd_f_quantiles": _quantiles(d_svd_f_all),
         "label_term_quantiles": _quantiles(choice.terms),

@@ -78,8 +78,9 @@ class _LabelPass:
     Per model k: log_k = z_k - logsumexp(z_k), p_k = exp(log_k), sum_y p_k log_k, and the column sums of p_k.
     Per pair (i, j), with d = log_i - log_j formed first so that close models keep their digits:
     KL(p_i || p_j) = sum p_i d, KL(p_j || p_i) = -sum p_j d, JS = (sum p_i log_i + sum p_j log_j) / 2 - sum m log m
-    with m = (p_i + p_j) / 2, and ||c(d)||^2 = sum d^2 - (sum d)^2 / V (the mean of d is of the order of its spread,
-    both distributions being normalised, so the subtraction loses no digits that matter).
+    with m = (p_i + p_j) / 2 (0 log 0 = 0: a label neither model can predict adds nothing), and
+    ||c(d)||^2 = sum (d - mean d)^2 in two passes (the mean of d can be far larger than its spread, e.g. when one
+    model is much more peaked, and sum d^2 - (sum d)^2 / V would then cancel).
     Sums over the labels run in the dtype of the logits (float32 for float32 logits: absolute error about 1e-7),
     sums over contexts in float64.
 
@@ -103,8 +104,8 @@ class _LabelPass:
         self.ones = torch.ones(1, rows, dtype=dtype)
         self.log_norm = torch.empty(num_models, batch, dtype=dtype)
         self.neg_entropy = torch.empty(num_models, batch, dtype=dtype)
-        # Per pair and context: sum p_i d, sum p_j d, sum m log m, sum d, sum d^2.
-        self.pair_terms = torch.empty(len(pairs), 5, batch, dtype=dtype)
+        # Per pair and context: sum p_i d, sum p_j d, sum m log m, sum (d - mean d)^2.
+        self.pair_terms = torch.empty(len(pairs), 4, batch, dtype=dtype)
         self.prob_sum = torch.zeros(num_models, num_labels, dtype=torch.float64)
 
     def chunk(self, start: int, logits: Sequence[torch.Tensor]) -> None:
@@ -127,9 +128,12 @@ class _LabelPass:
             self._rowdot(probs_i, diff, out=terms[0])
             self._rowdot(probs_j, diff, out=terms[1])
             torch.add(probs_i, probs_j, out=mixture).mul_(0.5)
-            self._rowdot(mixture, torch.log(mixture, out=self.work[:rows]), out=terms[2])
-            torch.sum(diff, dim=-1, out=terms[3])
-            self._rowdot(diff, diff, out=terms[4])
+            # log of the mixture floored at the smallest normal number: m log m -> 0 where m underflows to 0.
+            log_mixture = torch.clamp(mixture, min=torch.finfo(mixture.dtype).tiny, out=self.work[:rows]).log_()
+            self._rowdot(mixture, log_mixture, out=terms[2])
+            mean = torch.sum(diff, dim=-1, out=terms[3]).div_(diff.shape[-1])
+            centred = diff.sub_(mean[:, None])  # d is not needed after this
+            self._rowdot(centred, centred, out=terms[3])
 
     def results(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(k, batch) float64 log-normalisers, (k, n_labels) float64 column sums of the probabilities, and
@@ -137,9 +141,8 @@ class _LabelPass:
         neg_entropy = self.neg_entropy.double()
         sums = torch.zeros(len(self.pairs), 4, dtype=torch.float64)
         for p, (i, j) in enumerate(self.pairs):
-            kl_terms, reverse_terms, mix_terms, total, square = self.pair_terms[p].double()
+            kl_terms, reverse_terms, mix_terms, logit_sq = self.pair_terms[p].double()
             js = 0.5 * (neg_entropy[i] + neg_entropy[j]) - mix_terms
-            logit_sq = square - total.square() / self.diff.shape[-1]
             sums[p] = torch.stack([kl_terms.sum(), -reverse_terms.sum(), js.sum(), logit_sq.sum()])
         return self.log_norm.double(), self.prob_sum, sums
 
@@ -217,7 +220,8 @@ class RepSimState:
             features: k tensors (batch, hidden_k): f_k(x) for each context.
             logits: k tensors (batch, n_labels): the in-family logits f_k(x)^T g_k(y) + b_k(y), any float dtype.
                 Log-softmax and the per-context distances run in float32, or float64 for float64 logits; every
-                sum is accumulated in float64.
+                sum is accumulated in float64. In float32 each context's KL and JS carry an absolute error of
+                about 1e-7 (a rounding of the log-probabilities): for models closer than that, pass float64 logits.
             context_ids: (batch,) integer ids, unique across everything merged into this state. Defaults to
                 the running count (pass explicit ids when states built separately are merged).
 
@@ -232,6 +236,7 @@ class RepSimState:
         context_ids = torch.as_tensor(context_ids, dtype=torch.int64).reshape(-1).cpu()
         if context_ids.numel() != batch:
             raise ValueError(f"Expected {batch} context ids, one per context, got {context_ids.numel()}.")
+        self._check_new_ids(context_ids)
 
         phi = torch.empty(batch, self.offsets[-1], dtype=torch.float64)  # (batch, D)
         for k, f in enumerate(features):
@@ -286,15 +291,22 @@ class RepSimState:
         self.mean += delta * (count / total)
         self.count = total
 
+    def _check_new_ids(self, ids: torch.Tensor) -> None:
+        """Refuse ids repeated among themselves or already in the reservoir, before anything is changed.
+
+        Ids whose contexts have left the reservoir cannot be checked: unique ids are the caller's promise.
+        """
+        if ids.unique().numel() != ids.numel() or bool(torch.isin(ids, self.reservoir_ids).any()):
+            raise ValueError(
+                "Expected unique context ids across everything merged into one state, got repeated ids (this state "
+                "is unchanged); pass explicit, globally unique context_ids to update() when states are built "
+                "separately."
+            )
+
     def _add_to_reservoir(self, ids: torch.Tensor, priority: torch.Tensor, phi: torch.Tensor) -> None:
         ids = torch.cat([self.reservoir_ids, ids])
         priority = torch.cat([self.reservoir_priority, priority])
         phi = torch.cat([self.reservoir_phi, phi])
-        if ids.unique().numel() != ids.numel():
-            raise ValueError(
-                "Expected unique context ids across everything merged into one state, got repeated ids; pass "
-                "explicit, globally unique context_ids to update() when states are built separately."
-            )
         # Bottom-R by priority, ties broken by id; the kept rows are stored sorted by id.
         order = np.lexsort((ids.numpy(), priority.numpy()))[: self.reservoir_size]
         order = order[np.argsort(ids.numpy()[order], kind="stable")]
@@ -306,13 +318,17 @@ class RepSimState:
         """Add another state's contexts to this one, in place. Returns self.
 
         Raises:
-            ValueError: the states were built for different models, labels, reservoir or seed.
+            ValueError: the states were built for different models, labels, reservoir or seed, or share context
+                ids; this state is then unchanged.
         """
         mine, theirs = self.config(), other.config()
         if mine != theirs:
             raise ValueError(f"Expected a state with the same configuration {mine}, got {theirs}.")
         if other.count == 0:
             return self
+        if other is self:
+            raise ValueError("Expected another state to merge, got this state itself (its contexts twice).")
+        self._check_new_ids(other.reservoir_ids)
         self.prob_sum += other.prob_sum
         self.pair_sums += other.pair_sums
         self._add_moments(other.count, other.mean, other.comoment)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from hf_repsim import compare_representations, measures
+from hf_repsim import RepSimState, compare_representations, measures
 from hf_repsim.constructions import perturbation_pair
 from tests.conftest import EXACT_RTOL
 from tests.direct import all_label_sets, direct_measures, direct_representation_measures, log_probs
@@ -58,3 +59,37 @@ def test_work_split_into_small_batches_gives_the_same_measures(monkeypatch):
             assert split[key] == pytest.approx(value, rel=1e-13, abs=1e-15), key
         else:
             assert split[key] == value, key
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_label_neither_model_can_predict_adds_nothing_to_js(dtype):
+    """p = 0 in both models (a masked token, its probability exp(-1e4) underflows): 0 log 0 = 0, not NaN."""
+    f1, g1, f2, g2 = perturbation_pair(8, 3, num_contexts=300, scale=0.3, seed=0)
+    z1, z2 = torch.from_numpy(f1 @ g1.T), torch.from_numpy(f2 @ g2.T)
+    z1[:, 5] = z2[:, 5] = -1e4
+    state = RepSimState([3, 3], num_labels=8)
+    state.update([torch.from_numpy(f1), torch.from_numpy(f2)], [z1.to(dtype), z2.to(dtype)])
+    keep = [y for y in range(8) if y != 5]
+    expected = direct_measures(log_probs(f1, g1[keep], None), log_probs(f2, g2[keep], None), 0, 1, [0, 1, 2, 3],
+                               [[2, 3, 4]])
+    got = state.pair_means(0, 1)
+    for key in ("js", "kl", "kl_reverse"):
+        assert getattr(got, key) == pytest.approx(expected[key], rel=1e-9 if dtype == torch.float64 else 1e-4), key
+
+
+def test_centred_logit_distance_keeps_its_digits_when_one_model_is_much_more_peaked():
+    """d = log p_1 - log p_2 then has a mean far above its spread: sum d^2 - (sum d)^2 / V would cancel."""
+    rng = np.random.default_rng(0)
+    num_labels = 20_000
+    logits = torch.from_numpy(rng.normal(size=(200, num_labels)))
+    peaked = logits.clone()
+    peaked[:, 0] += 40.0  # model 2 puts almost all its mass on label 0
+    features = torch.from_numpy(rng.normal(size=(200, 4)))
+    results = {}
+    for dtype in (torch.float32, torch.float64):
+        state = RepSimState([4, 4], num_labels=num_labels)
+        state.update([features, features], [logits.to(dtype), peaked.to(dtype)])
+        results[dtype] = state.pair_means(0, 1).d_logit_sq
+    # The centred logit difference is -40 (1 - 1/V) at label 0 and 40 / V elsewhere.
+    assert results[torch.float64] == pytest.approx(1600.0 * (1 - 1 / num_labels), rel=1e-12)
+    assert results[torch.float32] == pytest.approx(results[torch.float64], rel=1e-6)

@@ -173,3 +173,17 @@ def test_rank_deficient_features_warn_that_identifiability_does_not_hold(pair):
     with pytest.warns(UserWarning, match=r"diversity condition fails on the input side"):
         out = compare_representations(f1, g1, f2, g2)
     assert out["m_cca_f"] < 0.7  # the dead direction counts as uncorrelated
+
+
+def test_a_row_repeated_in_one_model_only_counts_in_d_llv_but_stays_out_of_the_label_sets():
+    """The base model's never-trained rows, moved apart by a fine-tune: a difference d_LLV must see."""
+    f1, g1, f2, g2 = perturbation_pair(30, 3, num_contexts=300, scale=0.2, seed=0)
+    g1[[5, 7]] = g1[4]  # repeated in the first model only
+    state = RepSimState([3, 3], 30, reservoir_size=300)
+    f1, g1, f2, g2 = (torch.from_numpy(a) for a in (f1, g1, f2, g2))
+    state.update([f1, f2], [f1 @ g1.T, f2 @ g2.T])
+    out = compute_measures(state, [Head(g1), Head(g2)], config=MeasureConfig(num_samples=20))
+    assert not {5, 7} & set(out.details["degenerate_label_ids"])
+    assert out.details["labels_repeated_in_one_model"] == 2
+    assert {5, 7} <= set(out.details["worst_labels"]) | set(out.details["left_out_labels"])  # they differ most
+    assert out.details["diversity"]["holds"] is True

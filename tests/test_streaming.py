@@ -72,10 +72,38 @@ def test_merge_refuses_a_state_of_other_models():
         RepSimState([4, 4], 40).merge(RepSimState([4, 5], 40))
 
 
-def test_merge_refuses_repeated_context_ids():
+def snapshot(state: RepSimState) -> tuple:
+    tensors, meta = state.state_dict()
+    return meta, {name: t.clone() for name, t in tensors.items()}
+
+
+def assert_unchanged(state: RepSimState, before: tuple) -> None:
+    meta, tensors = snapshot(state)
+    assert meta == before[0]
+    assert all(torch.equal(tensors[name], before[1][name]) for name in tensors)
+
+
+def test_merge_refuses_repeated_context_ids_and_leaves_the_state_unchanged():
     features, heads = make_models(0)
-    with pytest.raises(ValueError, match="unique context ids"):
-        fed(features, heads, 100, 200).merge(fed(features, heads, 100, 200))
+    state = fed(features, heads, 100, 200)
+    before = snapshot(state)
+    with pytest.raises(ValueError, match="unique context ids .*this state is unchanged"):
+        state.merge(fed(features, heads, 100, 200))
+    assert_unchanged(state, before)
+    with pytest.raises(ValueError, match="this state itself"):
+        state.merge(state)
+    assert_unchanged(state, before)
+
+
+def test_update_refuses_repeated_context_ids_and_leaves_the_state_unchanged():
+    features, heads = make_models(0)
+    state = fed(features, heads, 100, 200, ranges=[(0, 100)])
+    before = snapshot(state)
+    batch = [f[100:110] for f in features]
+    for ids in (torch.arange(95, 105), torch.tensor([100, 101, 102, 103, 104, 105, 106, 107, 108, 100])):
+        with pytest.raises(ValueError, match="unique context ids"):
+            state.update(batch, [h.logits(f) for f, h in zip(batch, heads)], context_ids=ids)
+        assert_unchanged(state, before)
 
 
 def test_memory_does_not_grow_with_the_number_of_contexts():
