@@ -100,9 +100,10 @@ def duplicate_rows(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 
 
 def label_covariance(weights: tuple[torch.Tensor, torch.Tensor], biases: tuple[torch.Tensor, torch.Tensor]):
-    """Unbiased covariance over labels of (g_i, b_i, g_j, b_j): (D, D) float64, D = M_i + M_j + 2.
+    """Unbiased covariance over labels of (g_i, b_i, g_j, b_j), and its mean: (D, D) and (D,) float64.
 
-    Two passes: the float64 means, then the co-moments of centred chunks (the three distinct blocks only).
+    D = M_i + M_j + 2. Two passes: the float64 means, then the co-moments of centred chunks (the three distinct
+    blocks only).
 
     Args:
         weights: (n_labels, M_i) and (n_labels, M_j) unembeddings, any float dtype.
@@ -129,7 +130,7 @@ def label_covariance(weights: tuple[torch.Tensor, torch.Tensor], biases: tuple[t
     (ii, ij, jj), split = blocks, widths[0]
     gamma = torch.empty(split + widths[1], split + widths[1], dtype=torch.float64)
     gamma[:split, :split], gamma[:split, split:], gamma[split:, :split], gamma[split:, split:] = ii, ij, ij.T, jj
-    return gamma / (num_labels - 1)
+    return gamma / (num_labels - 1), torch.cat(means)
 
 
 @dataclass

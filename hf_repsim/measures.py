@@ -325,7 +325,7 @@ class _Pair:
         (self.w_i, self.b_i), (self.w_j, self.b_j) = (
             _head(heads[k], state.hidden_sizes[k], state.num_labels) for k in (i, j)
         )
-        self.gamma = label_covariance((self.w_i, self.w_j), (self.b_i, self.b_j))
+        self.gamma, self.label_mean = label_covariance((self.w_i, self.w_j), (self.b_i, self.b_j))
         self._check_moments()
         # A row repeating an earlier one in BOTH models is that label twice (never-trained rows often share one
         # value): left out of d_LLV. A row repeating in ONE model only is a real label for d_LLV (the other model
@@ -350,14 +350,14 @@ class _Pair:
                 )
         # Zero variance at float64 precision: a spread below 1e-12 of the mean's size is rounding, not signal.
         # Gamma's (g_i, b_i, g_j, b_j) sit where Sigma's (f_i, logZ_i, f_j, logZ_j) do.
-        for model, block, w in (("the first", self.fi, self.w_i), ("the second", self.fj, self.w_j)):
+        for model, block in (("the first", self.fi), ("the second", self.fj)):
             if _no_spread(self.cov[block, block], self.mean[block]):
                 raise ValueError(
                     f"Expected the features f of {model} model to vary over the contexts, got no spread that "
                     "float64 holds (the same f for every context, or values so small their squares underflow): such a "
                     "model has no representation to compare."
                 )
-            if _no_spread(self.gamma[block, block], w.sum(0, dtype=torch.float64) / w.shape[0]):
+            if _no_spread(self.gamma[block, block], self.label_mean[block]):
                 raise ValueError(
                     f"Expected the label vectors g of {model} model to differ between labels, got the same vector "
                     "for every label (at float64 precision): such a model predicts one distribution whatever f is."

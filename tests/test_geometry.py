@@ -86,8 +86,10 @@ def test_label_covariance_is_the_unbiased_covariance_of_the_stacked_heads():
     gen = torch.Generator().manual_seed(1)
     w_i, w_j = torch.randn(5000, 3, generator=gen), torch.randn(5000, 4, generator=gen) + 5
     b_i, b_j = torch.randn(5000, generator=gen, dtype=torch.float64), torch.zeros(5000, dtype=torch.float64)
-    want = torch.cov(torch.cat([w_i.double(), b_i[:, None], w_j.double(), b_j[:, None]], 1).T)
-    torch.testing.assert_close(label_covariance((w_i, w_j), (b_i, b_j)), want, rtol=1e-12, atol=1e-14)
+    stacked = torch.cat([w_i.double(), b_i[:, None], w_j.double(), b_j[:, None]], 1)
+    gamma, mean = label_covariance((w_i, w_j), (b_i, b_j))
+    torch.testing.assert_close(gamma, torch.cov(stacked.T), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(mean, stacked.mean(0), rtol=1e-12, atol=1e-14)
 
 
 def test_duplicate_rows_flags_every_repeat_but_the_first():
